@@ -1,0 +1,51 @@
+"""async_flow: declarative, back-pressured data pipelines.
+
+A source feeds layers of workers through bounded channels; the last layer collects. Each layer runs
+on a backend (asyncio tasks, threads, processes or Ray actors) without the pipeline changing::
+
+    import async_flow as af
+
+    report = af.run(read_rows(), af.Layer(parse, 8), af.Layer(score, 2, backend="process"),
+                    af.Layer(save))
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AsyncFlowError,
+    ClosedChannelError,
+    ItemTimeout,
+    SerializationError,
+    TooManyFailures,
+    WorkerCrashed,
+)
+from ._helpers import batch, flatten
+from ._layer import Layer
+from ._pipeline import Stream, open_stream, pipeline, run
+from ._report import Failure, Report
+from ._source import merge
+from ._stats import LayerStats, SourceStats
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AsyncFlowError",
+    "ClosedChannelError",
+    "Failure",
+    "ItemTimeout",
+    "Layer",
+    "LayerStats",
+    "Report",
+    "SerializationError",
+    "SourceStats",
+    "Stream",
+    "TooManyFailures",
+    "WorkerCrashed",
+    "__version__",
+    "batch",
+    "flatten",
+    "merge",
+    "open_stream",
+    "pipeline",
+    "run",
+)

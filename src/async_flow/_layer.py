@@ -1,0 +1,187 @@
+"""Layer: what the user declares for one stage of a pipeline (pure data, validated at construction)."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+__all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+#: The backend names a layer may ask for. Each is one module under ``async_flow.backends``.
+BACKENDS: tuple[str, ...] = ("async", "thread", "process", "ray")
+
+#: Bound of a layer's input channel when ``maxsize`` is not given.
+DEFAULT_MAXSIZE = 256
+
+
+class Kind(enum.Enum):
+    """How a layer's callable turns one input into outputs."""
+
+    MAP = "map"  # plain function: one output
+    FLAT = "flat"  # generator function: zero or more outputs
+    AMAP = "amap"  # coroutine function: one output
+    AFLAT = "aflat"  # async generator function: zero or more outputs
+
+    @property
+    def is_async(self) -> bool:
+        return self in (Kind.AMAP, Kind.AFLAT)
+
+    @property
+    def is_flat(self) -> bool:
+        return self in (Kind.FLAT, Kind.AFLAT)
+
+
+def _unwrap(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def call_kind(fn: Callable[..., Any]) -> Kind:
+    """Classify a per-item callable (a function, or an instance with ``__call__``)."""
+    target = _unwrap(fn)
+    if not (inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target)):
+        call = getattr(type(target), "__call__", None)  # noqa: B004 - we want the method itself
+        if call is not None and not inspect.isclass(target):
+            target = call
+    if inspect.isasyncgenfunction(target):
+        return Kind.AFLAT
+    if inspect.iscoroutinefunction(target):
+        return Kind.AMAP
+    if inspect.isgeneratorfunction(target):
+        return Kind.FLAT
+    return Kind.MAP
+
+
+def _describe(fn: Any) -> str:
+    return getattr(_unwrap(fn), "__qualname__", None) or type(fn).__name__
+
+
+class Layer(Generic[In, Out]):
+    """One stage of a pipeline: ``fn`` applied to every item by ``workers`` workers on a backend.
+
+    ``fn`` may be a plain function (one output per item), a generator function (each yielded
+    value goes on: fan-out; yielding nothing filters), a coroutine function, an async generator
+    function, or a class. A class is built once per worker with ``args`` and ``kwargs`` (the
+    stateful worker that loads a model or opens a connection once); the instance is called per
+    item and closed at the end of the run (``__exit__``/``__aexit__`` if it is a context manager,
+    else ``close()``/``aclose()`` if it has one).
+
+    Args:
+        fn: the per-item callable, or a class whose instances are.
+        workers: how many items the layer works on at once (threads, tasks, processes, actors).
+        backend: where ``fn`` runs: ``"async"`` (default for coroutine and async generator
+            functions), ``"thread"`` (default for plain and generator functions), ``"process"``
+            or ``"ray"``.
+        maxsize: bound of the layer's input channel. A full channel suspends the layer above:
+            that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`.
+        ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
+            buffer holds early finishers).
+        name: shown in progress, reports and error notes; defaults to ``fn``'s name.
+        args, kwargs: constructor arguments when ``fn`` is a class.
+        options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...).
+
+    Example::
+
+        >>> import async_flow as af
+        >>> layer = af.Layer(str.upper, 4, name="shout")
+        >>> (layer.name, layer.workers, layer.backend)
+        ('shout', 4, 'thread')
+
+    Bad declarations fail here, not when the pipeline runs.
+    """
+
+    __slots__ = (
+        "args",
+        "backend",
+        "fn",
+        "is_class",
+        "kind",
+        "kwargs",
+        "maxsize",
+        "name",
+        "options",
+        "ordered",
+        "stream",
+        "workers",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        workers: int = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        label = name or _describe(fn)
+        if not callable(fn):
+            raise TypeError(f"Layer {label!r}: fn must be callable, got {type(fn).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"Layer {label!r}: workers must be an int, got {workers!r}")
+        if workers < 1:
+            raise ValueError(f"Layer {label!r}: workers must be >= 1, got {workers}")
+        if maxsize is not None:
+            if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+                raise TypeError(f"Layer {label!r}: maxsize must be an int, got {maxsize!r}")
+            if maxsize < 1:
+                raise ValueError(f"Layer {label!r}: maxsize must be >= 1, got {maxsize}")
+        if backend is not None and backend not in BACKENDS:
+            valid = ", ".join(repr(b) for b in BACKENDS)
+            raise ValueError(f"Layer {label!r}: unknown backend {backend!r}; valid: {valid}")
+        is_class = inspect.isclass(fn)
+        if (args or kwargs) and not is_class:
+            raise TypeError(f"Layer {label!r}: args/kwargs are for a class fn, not a function")
+        if is_class:
+            call = getattr(fn, "__call__", None)  # noqa: B004
+            if call is None or call is object.__call__ or call is type.__call__:
+                raise TypeError(f"Layer {label!r}: class {fn.__qualname__} defines no __call__")
+            kind = call_kind(call)
+        else:
+            kind = call_kind(fn)
+
+        self.fn = fn
+        self.workers = workers
+        self.kind = kind
+        self.is_class = is_class
+        self.backend: str = backend or ("async" if kind.is_async else "thread")
+        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * workers)
+        self.ordered = ordered
+        self.name = label
+        self.args = tuple(args)
+        self.kwargs: Mapping[str, Any] = dict(kwargs or {})
+        self.options: Mapping[str, Any] = dict(options or {})
+        #: For helper layers that read their whole input channel at once (see ``_helpers``):
+        #: an async generator function taking the channel and yielding lists of outputs.
+        self.stream: Callable[[Any], AsyncIterator[list[Any]]] | None = None
+
+    @classmethod
+    def _from_stream(
+        cls,
+        stream: Callable[[Any], AsyncIterator[list[Any]]],
+        *,
+        name: str,
+        maxsize: int | None = None,
+    ) -> Layer[Any, Any]:
+        """A single-worker layer whose function consumes the input channel as a whole."""
+        layer: Layer[Any, Any] = cls(stream, 1, backend="async", maxsize=maxsize, name=name)
+        layer.stream = stream
+        return layer
+
+    def __repr__(self) -> str:
+        extra = ", ordered=True" if self.ordered else ""
+        return (
+            f"Layer({self.name!r}, workers={self.workers}, backend={self.backend!r},"
+            f" maxsize={self.maxsize}{extra})"
+        )

@@ -1,0 +1,108 @@
+"""The end-of-run report: what ran, what failed, how busy each layer was."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._stats import LayerStats, SourceStats
+
+__all__ = ("Failure", "Report")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One item that a layer gave up on (skipped or dead-lettered), as plain data."""
+
+    layer: str
+    item: str
+    error_type: str
+    message: str
+    traceback: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for JSON."""
+        return {
+            "layer": self.layer,
+            "item": self.item,
+            "error_type": self.error_type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a pipeline run did: one :class:`LayerStats` per layer, in order.
+
+    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> report = af.run(range(10), af.Layer(lambda x: x * 2, name="double"))
+        >>> report.layers[0].name, report.layers[0].received, report.layers[0].emitted
+        ('double', 10, 10)
+    """
+
+    layers: tuple[LayerStats, ...]
+    source: SourceStats
+    elapsed: float
+    status: str = "completed"
+    failures: tuple[Failure, ...] = field(default_factory=tuple)
+
+    def layer(self, name: str) -> LayerStats:
+        """The stats of the layer called ``name`` (``KeyError`` if there is none)."""
+        for stats in self.layers:
+            if stats.name == name:
+                return stats
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for JSON."""
+        return {
+            "status": self.status,
+            "elapsed": self.elapsed,
+            "source": self.source.to_dict(),
+            "layers": [s.to_dict() for s in self.layers],
+            "failures": [f.to_dict() for f in self.failures],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The report as a JSON document (``kwargs`` go to :func:`json.dumps`)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        head = ("layer", "backend", "in", "out", "failed", "busy", "waiting", "blocked")
+        rows = [
+            (
+                s.name,
+                f"{s.backend} x{s.workers}",
+                str(s.received),
+                str(s.emitted),
+                str(s.failed + s.skipped),
+                f"{s.busy_fraction:.0%}",
+                f"{s.wait_fraction:.0%}",
+                f"{s.blocked_fraction:.0%}",
+            )
+            for s in self.layers
+        ]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+        def line(cells: tuple[str, ...]) -> str:
+            first = cells[0].ljust(widths[0])
+            rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+            return "  ".join([first, *rest])
+
+        title = (
+            f"async_flow run {self.status} in {self.elapsed:.2f}s:"
+            f" {self.source.produced} source items"
+        )
+        out = [title, line(head), *(line(r) for r in rows)]
+        if self.failures:
+            out.append(f"{len(self.failures)} failed item(s):")
+            out.extend(
+                f"  {f.layer}: {f.item}: {f.error_type}: {f.message}" for f in self.failures[:10]
+            )
+        return "\n".join(out)

@@ -1,0 +1,272 @@
+"""The runtime of one layer in one run: its workers, batching, ordering and counters.
+
+Every backend shares this code. A worker task takes a batch from the layer's input channel, has the
+backend run it, applies the error policy to a failed item, and sends the outputs on (through the
+reorder buffer when the layer is ordered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import reprlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from time import perf_counter
+from typing import Any
+
+from ._channel import EndOfChannel, ReceiveChannel, SendChannel, _wait, _wake_all
+from ._layer import Layer
+from ._stats import LayerCounters, LayerStats
+from ._taskgroup import TaskGroup
+from .backends import Backend, get_backend
+
+__all__ = ("LayerRun", "short_repr")
+
+_repr = reprlib.Repr()
+_repr.maxstring = 80
+_repr.maxother = 80
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+
+
+def short_repr(item: Any) -> str:
+    """A bounded ``repr`` for naming an item in a message."""
+    try:
+        return _repr.repr(item)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        return f"<{type(item).__name__} with a failing repr>"
+
+
+class _BatchSizer:
+    """Sizes batches so that one takes about ``target`` seconds, from the measured per-item time.
+
+    The first batch is a single item; from then on an exponential moving average of the per-item
+    time decides. Slow work goes one item at a time (so workers share it evenly), tiny work in
+    large batches (so the per-batch cost of a hop, a pipe write or a Ray call vanishes).
+    """
+
+    __slots__ = ("cap", "per_item", "target")
+
+    def __init__(self, target: float, cap: int) -> None:
+        self.target = target
+        self.cap = cap
+        self.per_item: float | None = None
+
+    def size(self) -> int:
+        if self.per_item is None:
+            return 1
+        if self.per_item <= 0:
+            return self.cap
+        return max(1, min(self.cap, int(self.target / self.per_item)))
+
+    def observe(self, seconds: float, items: int) -> None:
+        sample = seconds / items
+        self.per_item = sample if self.per_item is None else 0.7 * self.per_item + 0.3 * sample
+
+
+class _Reorderer:
+    """Releases batches of outputs in input order; holds at most ``limit`` early finishers."""
+
+    __slots__ = ("_flushing", "_limit", "_next", "_pending", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._next = 0
+        self._pending: dict[int, list[Any]] = {}
+        self._flushing = False
+        self._limit = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def put(self, seq: int, outputs: list[Any], out: SendChannel[Any] | None) -> None:
+        self._pending[seq] = outputs
+        if self._flushing or seq != self._next:
+            # Not our turn. Wait while too many batches are parked, so the buffer stays bounded;
+            # the worker holding the head batch is never waiting here, so this cannot deadlock.
+            while len(self._pending) > self._limit and seq in self._pending:
+                await _wait(self._waiters)
+            return
+        self._flushing = True
+        try:
+            while self._next in self._pending:
+                batch = self._pending.pop(self._next)
+                self._next += 1
+                if batch and out is not None:
+                    await out.send_batch(batch)
+                if self._waiters:
+                    _wake_all(self._waiters)
+        finally:
+            self._flushing = False
+
+
+class LayerRun:
+    """One layer during one run."""
+
+    def __init__(
+        self,
+        index: int,
+        layer: Layer[Any, Any],
+        inbox: ReceiveChannel[Any],
+        outbox: SendChannel[Any] | None,
+        blocked_seconds: Callable[[], float],
+    ) -> None:
+        self.index = index
+        self.layer = layer
+        self.inbox = inbox
+        self.outbox = outbox
+        self._blocked_seconds = blocked_seconds
+        self.counters = LayerCounters(layer.workers)
+        self.backend: Backend = get_backend(layer.backend)(layer)
+        self._sizer = _BatchSizer(self.backend.target_batch_seconds, self.backend.max_batch)
+        in_flight = self.backend.batches_in_flight
+        self._spread = layer.workers * in_flight
+        self._seq = 0
+        self._reorder = _Reorderer(2 * layer.workers * in_flight) if layer.ordered else None
+        self._started_at = perf_counter()
+        self._ended_at: float | None = None
+
+    # --- statistics -----------------------------------------------------------------------
+
+    def snapshot(self) -> LayerStats:
+        """A frozen copy of this layer's counters, now."""
+        c = self.counters
+        end = self._ended_at if self._ended_at is not None else perf_counter()
+        return LayerStats(
+            name=self.layer.name,
+            backend=self.layer.backend,
+            workers=c.workers,
+            received=c.received,
+            emitted=c.emitted,
+            failed=c.failed,
+            skipped=c.skipped,
+            retried=c.retried,
+            restarts=self.backend.restarts,
+            busy_seconds=c.busy_seconds,
+            wait_seconds=self.inbox.wait_seconds,
+            blocked_seconds=self._blocked_seconds(),
+            busy_workers=c.busy_workers,
+            queued=len(self.inbox),
+            maxsize=self.inbox.maxsize,
+            elapsed=end - self._started_at,
+        )
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Open the workers, process the input channel to its end, close the workers."""
+        self._started_at = perf_counter()
+        layer = self.layer
+        backend = self.backend
+        outbox = self.outbox
+        opened: list[int] = []
+        try:
+            if layer.stream is not None:
+                await self._run_stream(layer.stream)
+                return
+            async with TaskGroup() as tg:
+                for slot in range(layer.workers):
+                    tg.start(self._open_and_work(slot, opened), name=f"async_flow:{layer.name}")
+        except BaseException:
+            backend.stop()
+            raise
+        finally:
+            try:
+                if outbox is not None:
+                    outbox.close()
+                for slot in opened:
+                    await backend.close_worker(slot)
+            finally:
+                self._ended_at = perf_counter()
+
+    async def _open_and_work(self, slot: int, opened: list[int]) -> None:
+        await self.backend.open_worker(slot)
+        opened.append(slot)
+        in_flight = self.backend.batches_in_flight
+        if in_flight == 1:
+            await self._work(slot)
+            return
+        async with TaskGroup() as tg:
+            for _ in range(in_flight):
+                tg.start(self._work(slot), name=f"async_flow:{self.layer.name}")
+
+    async def _work(self, slot: int) -> None:
+        outbox = self.outbox.clone() if self.outbox is not None else None
+        try:
+            inbox = self.inbox
+            backend = self.backend
+            counters = self.counters
+            sizer = self._sizer
+            spread = self._spread
+            reorder = self._reorder
+            while True:
+                try:
+                    items = await inbox.receive_batch(sizer.size(), spread)
+                except EndOfChannel:
+                    return
+                seq = self._seq
+                self._seq = seq + 1
+                n = len(items)
+                counters.received += n
+                counters.busy_workers += 1
+                start = perf_counter()
+                try:
+                    result = await backend.run_batch(slot, items)
+                    outputs = result.outputs
+                    if result.error is not None:
+                        outputs = await self._recover(slot, items, result.done, result.error,
+                                                      outputs)
+                finally:
+                    elapsed = perf_counter() - start
+                    counters.busy_workers -= 1
+                    counters.busy_seconds += elapsed
+                sizer.observe(elapsed, n)
+                counters.emitted += len(outputs)
+                if reorder is not None:
+                    await reorder.put(seq, outputs, outbox)
+                elif outputs and outbox is not None:
+                    await outbox.send_batch(outputs)
+        finally:
+            if outbox is not None:
+                outbox.close()
+
+    async def _recover(
+        self, slot: int, items: list[Any], done: int, error: BaseException, outputs: list[Any]
+    ) -> list[Any]:
+        """An item of the batch raised: apply the layer's error policy (default: fail fast)."""
+        item = items[done]
+        self.counters.failed += 1
+        self._annotate(error, item)
+        raise error
+
+    def _annotate(self, error: BaseException, item: Any) -> None:
+        error.add_note(
+            f"async_flow: raised in layer {self.layer.name!r} (#{self.index})"
+            f" on item {short_repr(item)}"
+        )
+
+    async def _run_stream(
+        self, stream: Callable[[ReceiveChannel[Any]], AsyncIterator[list[Any]]]
+    ) -> None:
+        """Run a stream layer: one function that reads the whole input channel."""
+        counters = self.counters
+        outbox = self.outbox
+        counting = _CountingReceiver(self.inbox, counters)
+        async for outputs in stream(counting):  # type: ignore[arg-type]
+            counters.emitted += len(outputs)
+            if outputs and outbox is not None:
+                await outbox.send_batch(outputs)
+
+
+class _CountingReceiver:
+    """A receive side that counts what a stream layer takes, for its stats."""
+
+    __slots__ = ("_counters", "_inbox")
+
+    def __init__(self, inbox: ReceiveChannel[Any], counters: LayerCounters) -> None:
+        self._inbox = inbox
+        self._counters = counters
+
+    async def receive_batch(self, max_items: int, spread: int = 1) -> list[Any]:
+        items = await self._inbox.receive_batch(max_items, spread)
+        self._counters.received += len(items)
+        return items
+
+    def __len__(self) -> int:
+        return len(self._inbox)

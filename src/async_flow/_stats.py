@@ -1,0 +1,116 @@
+"""Per-layer counters (mutable, updated by the runtime once per batch) and their frozen snapshots.
+
+The runtime bumps plain attributes of a :class:`LayerCounters`; everything that shows a run (live
+progress, callbacks, the report, the picture) reads :class:`LayerStats` snapshots taken from them,
+so none of it sits on the per-item path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ("LayerCounters", "LayerStats", "SourceStats")
+
+
+class LayerCounters:
+    """The live counters of one layer in one run (runtime-internal)."""
+
+    __slots__ = (
+        "busy_seconds",
+        "busy_workers",
+        "dead_letters",
+        "emitted",
+        "failed",
+        "received",
+        "restarts",
+        "retried",
+        "skipped",
+        "workers",
+    )
+
+    def __init__(self, workers: int) -> None:
+        self.received = 0
+        self.emitted = 0
+        self.failed = 0
+        self.skipped = 0
+        self.retried = 0
+        self.restarts = 0
+        self.dead_letters = 0
+        self.busy_seconds = 0.0
+        self.busy_workers = 0
+        self.workers = workers
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStats:
+    """A frozen snapshot of one layer's counters.
+
+    Times are summed over the layer's workers: ``busy_seconds / (workers * elapsed)`` is the share
+    of the layer's capacity that was used. ``wait_seconds`` is time its workers spent waiting for
+    input (an empty input channel), ``blocked_seconds`` time they spent suspended on a full output
+    channel.
+    """
+
+    name: str
+    backend: str
+    workers: int
+    received: int
+    emitted: int
+    failed: int
+    skipped: int
+    retried: int
+    restarts: int
+    busy_seconds: float
+    wait_seconds: float
+    blocked_seconds: float
+    busy_workers: int
+    queued: int
+    maxsize: int
+    elapsed: float
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the layer's worker-time spent working on items (0..1)."""
+        capacity = self.workers * self.elapsed
+        return min(1.0, self.busy_seconds / capacity) if capacity > 0 else 0.0
+
+    @property
+    def wait_fraction(self) -> float:
+        """Share of the layer's worker-time spent waiting for input (0..1)."""
+        capacity = self.workers * self.elapsed
+        return min(1.0, self.wait_seconds / capacity) if capacity > 0 else 0.0
+
+    @property
+    def blocked_fraction(self) -> float:
+        """Share of the layer's worker-time spent blocked on a full output channel (0..1)."""
+        capacity = self.workers * self.elapsed
+        return min(1.0, self.blocked_seconds / capacity) if capacity > 0 else 0.0
+
+    @property
+    def rate(self) -> float:
+        """Items received per second over the snapshot's elapsed time."""
+        return self.received / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for JSON."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    """A frozen snapshot of the source: items produced and time blocked on the first channel."""
+
+    produced: int
+    blocked_seconds: float
+    elapsed: float
+    exhausted: bool
+
+    @property
+    def blocked_fraction(self) -> float:
+        """Share of the run the source spent blocked on a full first channel (0..1)."""
+        return min(1.0, self.blocked_seconds / self.elapsed) if self.elapsed > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for JSON."""
+        return asdict(self)

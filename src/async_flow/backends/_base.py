@@ -1,0 +1,62 @@
+"""The backend interface: where a layer's function runs.
+
+The runtime (queues, back-pressure, ordering, error policy, stats, shutdown) is written once; a
+backend only runs batches of items for numbered worker *slots*. A slot is one worker: a task, a
+thread, a process or an actor. The runtime opens slots, calls :meth:`Backend.run_batch` from up to
+:attr:`Backend.batches_in_flight` tasks per slot, and closes them. Adding a backend is one module
+that subclasses :class:`Backend` and an entry in ``async_flow.backends``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from .._calls import BatchResult
+from .._layer import Layer
+
+__all__ = ("Backend",)
+
+
+class Backend(ABC):
+    """Runs one layer's batches for one run. Created by the runtime; never shared between runs."""
+
+    #: The name a Layer uses to ask for this backend.
+    name: ClassVar[str]
+    #: How many batches the runtime keeps in flight per slot (more than one hides IPC latency).
+    batches_in_flight: ClassVar[int] = 1
+    #: Batches are sized so that one takes about this long, from the measured per-item time.
+    target_batch_seconds: ClassVar[float] = 0.002
+    #: The largest batch the runtime hands over in one call.
+    max_batch: ClassVar[int] = 1024
+
+    def __init__(self, layer: Layer[Any, Any]) -> None:
+        self.layer = layer
+        #: Workers replaced after a crash (process and Ray backends); read by the runtime's stats.
+        self.restarts = 0
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare shared resources; runs before the source is read, so that a bad layer fails early."""
+
+    @abstractmethod
+    async def open_worker(self, slot: int) -> None:
+        """Start worker ``slot`` (build its thread, process or actor, and its instance)."""
+
+    @abstractmethod
+    async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
+        """Run the layer's function on ``items`` in worker ``slot``.
+
+        Exceptions raised by the user's function are returned in the result, not raised; an
+        exception raised from here fails the run (or, for ``WorkerCrashed``, follows the layer's
+        error policy).
+        """
+
+    @abstractmethod
+    async def close_worker(self, slot: int) -> None:
+        """Stop worker ``slot`` after its current batch, closing its instance."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """The run is being torn down: abandon batches between two items where that is possible."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`start` acquired. Called once, even if the run failed."""
