@@ -9,8 +9,6 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
                     af.Layer(save))
 """
 
-from __future__ import annotations
-
 from ._errors import (
     AsyncFlowError,
     ClosedChannelError,

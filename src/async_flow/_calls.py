@@ -90,7 +90,7 @@ def run_batch_sync(
                 # Materialise one item's outputs before keeping any, so that an item that fails
                 # half-way contributes nothing (it may be retried).
                 extend(list(call(item)))
-    except Exception as exc:  # noqa: BLE001 - handed to the runtime's error policy
+    except BaseException as exc:  # noqa: BLE001 - even SystemExit: the runtime re-raises it after clean-up
         return BatchResult(outputs, i, exc)
     return BatchResult(outputs, len(items), None)
 
@@ -121,7 +121,7 @@ async def run_batch_async(
         else:
             for i, item in enumerate(items):  # noqa: B007
                 outputs.extend(list(call(item)))
-    except Exception as exc:  # noqa: BLE001 - handed to the runtime's error policy
+    except Exception as exc:  # noqa: BLE001 - handed to the error policy
         return BatchResult(outputs, i, exc)
     return BatchResult(outputs, len(items), None)
 

@@ -17,6 +17,7 @@ Channels belong to one event loop and are not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter
@@ -50,10 +51,10 @@ class _State:
         "closed_receive",
         "maxsize",
         "open_senders",
-        "receive_waiters",
         "receive_wait_seconds",
-        "send_waiters",
+        "receive_waiters",
         "send_wait_seconds",
+        "send_waiters",
     )
 
     def __init__(self, maxsize: int) -> None:
@@ -97,10 +98,8 @@ async def _wait(waiters: deque[asyncio.Future[None]]) -> float:
             _wake_one(waiters)
         else:
             fut.cancel()
-            try:
+            with contextlib.suppress(ValueError):
                 waiters.remove(fut)
-            except ValueError:
-                pass
         raise
     return perf_counter() - start
 

@@ -1,4 +1,4 @@
-"""Layer: what the user declares for one stage of a pipeline (pure data, validated at construction)."""
+"""Layer: what the user declares for one stage of a pipeline (validated at construction)."""
 
 from __future__ import annotations
 
@@ -68,10 +68,11 @@ class Layer(Generic[In, Out]):
 
     ``fn`` may be a plain function (one output per item), a generator function (each yielded
     value goes on: fan-out; yielding nothing filters), a coroutine function, an async generator
-    function, or a class. A class is built once per worker with ``args`` and ``kwargs`` (the
-    stateful worker that loads a model or opens a connection once); the instance is called per
-    item and closed at the end of the run (``__exit__``/``__aexit__`` if it is a context manager,
-    else ``close()``/``aclose()`` if it has one).
+    function, or a class with ``__call__``. Such a class is built once per worker with ``args``
+    and ``kwargs`` (the stateful worker that loads a model or opens a connection once); the
+    instance is called per item and closed at the end of the run (``__exit__``/``__aexit__`` if
+    it is a context manager, else ``close()``/``aclose()`` if it has one). A class without
+    ``__call__`` (``int``, a dataclass) is called per item like a function.
 
     Args:
         fn: the per-item callable, or a class whose instances are.
@@ -140,16 +141,19 @@ class Layer(Generic[In, Out]):
         if backend is not None and backend not in BACKENDS:
             valid = ", ".join(repr(b) for b in BACKENDS)
             raise ValueError(f"Layer {label!r}: unknown backend {backend!r}; valid: {valid}")
-        is_class = inspect.isclass(fn)
+        # A class whose instances are callable is a stateful worker; any other class (``int``,
+        # a dataclass) is called per item like a function.
+        owner = None
+        if inspect.isclass(fn):
+            owner = next((k for k in fn.__mro__ if "__call__" in vars(k)), object)
+            if owner is object or owner is type:
+                owner = None
+        is_class = owner is not None
         if (args or kwargs) and not is_class:
-            raise TypeError(f"Layer {label!r}: args/kwargs are for a class fn, not a function")
-        if is_class:
-            call = getattr(fn, "__call__", None)  # noqa: B004
-            if call is None or call is object.__call__ or call is type.__call__:
-                raise TypeError(f"Layer {label!r}: class {fn.__qualname__} defines no __call__")
-            kind = call_kind(call)
-        else:
-            kind = call_kind(fn)
+            raise TypeError(
+                f"Layer {label!r}: args/kwargs are for a class with __call__, not a function"
+            )
+        kind = call_kind(vars(owner)["__call__"]) if owner is not None else call_kind(fn)
 
         self.fn = fn
         self.workers = workers

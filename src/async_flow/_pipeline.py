@@ -17,7 +17,7 @@ from ._report import Report
 from ._runtime import LayerRun
 from ._source import Merge, SourceCounters, _check_source, feed
 from ._stats import SourceStats
-from ._taskgroup import TaskGroup
+from ._taskgroup import Carried, TaskGroup, finish
 
 __all__ = ("Stream", "open_stream", "pipeline", "run")
 
@@ -55,6 +55,8 @@ class _Run:
         self._started = perf_counter()
         try:
             return await self._execute(output)
+        except Carried as carried:
+            raise carried.error from None
         finally:
             if output is not None:
                 output.close()
@@ -62,11 +64,19 @@ class _Run:
     async def _execute(self, output: SendChannel[Any] | None) -> Report:
         layers = self.layers
         channels = [open_channel(layer.maxsize) for layer in layers]
-        first_send = channels[0][0] if layers else (output.clone() if output else None)
+        drain: ReceiveChannel[Any] | None = None
+        if layers:
+            first_send: SendChannel[Any] = channels[0][0]
+        elif output is not None:
+            first_send = output.clone()
+        else:  # nothing to run: the source is still read to its end
+            first_send, drain = open_channel(DEFAULT_MAXSIZE)
         self._first_send = first_send
         # The last layer's outbox is the caller's output channel (a clone, so that the caller's own
         # side can be closed independently) or nothing at all.
-        outboxes: list[SendChannel[Any] | None] = [channels[i + 1][0] for i in range(len(layers) - 1)]
+        outboxes: list[SendChannel[Any] | None] = [
+            channels[i + 1][0] for i in range(len(layers) - 1)
+        ]
         outboxes.append(output.clone() if (output is not None and layers) else None)
         for i, layer in enumerate(layers):
             outbox = outboxes[i]
@@ -82,12 +92,13 @@ class _Run:
                 await lr.backend.start()
                 started.append(lr)
             async with TaskGroup() as tg:
-                if first_send is not None:
-                    chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
-                    tg.start(
-                        feed(self.source, first_send, self.source_counters, chunk),
-                        name="async_flow:source",
-                    )
+                chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
+                tg.start(
+                    feed(self.source, first_send, self.source_counters, chunk),
+                    name="async_flow:source",
+                )
+                if drain is not None:
+                    tg.start(_drain(drain), name="async_flow:drain")
                 for lr in self.layer_runs:
                     tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}")
             self.status = "completed"
@@ -100,7 +111,7 @@ class _Run:
         finally:
             self._ended = perf_counter()
             for lr in started:
-                await lr.backend.aclose()
+                await finish(lr.backend.aclose())
         return self.report()
 
     def report(self) -> Report:
@@ -123,6 +134,12 @@ class _Run:
         if self.layer_runs:
             return self.layer_runs[0].inbox.blocked_seconds
         return 0.0
+
+
+async def _drain(channel: ReceiveChannel[Any]) -> None:
+    with contextlib.suppress(EndOfChannel):
+        while True:
+            await channel.receive_batch(DEFAULT_MAXSIZE)
 
 
 def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
@@ -174,7 +191,9 @@ def run(source: Source, *layers: Layer[Any, Any]) -> Report:
     except RuntimeError:
         pass
     else:
-        raise RuntimeError("af.run() cannot be called from a running event loop: await af.pipeline()")
+        raise RuntimeError(
+            "af.run() cannot be called from a running event loop: await af.pipeline()"
+        )
     return asyncio.run(pipeline(source, *layers))
 
 
@@ -268,7 +287,7 @@ class Stream(Generic[T]):
             ready.set()
             try:
                 self._report = await self._task
-            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 self._report = self._run.report()
                 self._error = exc
             await self._release.wait()

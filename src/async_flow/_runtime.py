@@ -17,7 +17,7 @@ from typing import Any
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, _wait, _wake_all
 from ._layer import Layer
 from ._stats import LayerCounters, LayerStats
-from ._taskgroup import TaskGroup
+from ._taskgroup import Carried, TaskGroup, finish
 from .backends import Backend, get_backend
 
 __all__ = ("LayerRun", "short_repr")
@@ -32,7 +32,7 @@ def short_repr(item: Any) -> str:
     """A bounded ``repr`` for naming an item in a message."""
     try:
         return _repr.repr(item)
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the error
         return f"<{type(item).__name__} with a failing repr>"
 
 
@@ -170,14 +170,25 @@ class LayerRun:
             try:
                 if outbox is not None:
                     outbox.close()
-                for slot in opened:
-                    await backend.close_worker(slot)
+                await finish(self._close_workers(opened))
             finally:
                 self._ended_at = perf_counter()
 
+    async def _close_workers(self, slots: list[int]) -> None:
+        """Close every opened slot, even if closing one of them fails."""
+        errors: list[BaseException] = []
+        for slot in slots:
+            try:
+                await self.backend.close_worker(slot)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the others closed
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
     async def _open_and_work(self, slot: int, opened: list[int]) -> None:
-        await self.backend.open_worker(slot)
+        # Recorded before opening: a slot cancelled half-open is still closed.
         opened.append(slot)
+        await self.backend.open_worker(slot)
         in_flight = self.backend.batches_in_flight
         if in_flight == 1:
             await self._work(slot)
@@ -210,8 +221,9 @@ class LayerRun:
                     result = await backend.run_batch(slot, items)
                     outputs = result.outputs
                     if result.error is not None:
-                        outputs = await self._recover(slot, items, result.done, result.error,
-                                                      outputs)
+                        outputs = await self._recover(
+                            slot, items, result.done, result.error, outputs
+                        )
                 finally:
                     elapsed = perf_counter() - start
                     counters.busy_workers -= 1
@@ -233,6 +245,8 @@ class LayerRun:
         item = items[done]
         self.counters.failed += 1
         self._annotate(error, item)
+        if not isinstance(error, Exception):
+            raise Carried(error)
         raise error
 
     def _annotate(self, error: BaseException, item: Any) -> None:

@@ -8,9 +8,11 @@ cannot block and are sliced on the loop directly. Async iterables are iterated o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence, Set
 from itertools import islice
-from time import perf_counter
 from typing import Any, Generic, TypeVar
 
 from ._channel import SendChannel
@@ -20,10 +22,6 @@ from ._threads import WorkerThread
 __all__ = ("Merge", "SourceCounters", "feed", "merge", "source_length")
 
 T = TypeVar("T")
-
-#: A chunk pulled from a blocking iterator stops growing after this long, so that a slow
-#: generator's items are not held back waiting for a full chunk.
-_CHUNK_SECONDS = 0.002
 
 
 class Merge(Generic[T]):
@@ -87,15 +85,76 @@ class SourceCounters:
         self.exhausted = False
 
 
-def _pull_chunk(iterator: Iterator[Any], size: int) -> list[Any]:
-    chunk: list[Any] = []
-    append = chunk.append
-    deadline = perf_counter() + _CHUNK_SECONDS
-    for item in iterator:
-        append(item)
-        if len(chunk) >= size or perf_counter() > deadline:
-            break
-    return chunk
+class _Handoff:
+    """A bounded hand-off from the thread that iterates a blocking source to the event loop.
+
+    Each item is handed over as soon as the iterator yields it (a generator that blocks after an
+    item must not hold that item back), and the thread waits while ``capacity`` items are
+    waiting for the loop, so the source is back-pressured like any producer.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._capacity = capacity
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._stopped = False
+        self._error: BaseException | None = None
+
+    # -- the thread's side --
+    def pump(self, iterator: Iterator[Any]) -> None:
+        cond, items, capacity = self._cond, self._items, self._capacity
+        try:
+            for item in iterator:
+                with cond:
+                    while len(items) >= capacity and not self._stopped:
+                        cond.wait()
+                    if self._stopped:
+                        return
+                    items.append(item)
+                    self._wake_loop()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the loop
+            self._error = exc
+        finally:
+            with cond:
+                self._done = True
+                self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(_set_done, waiter)
+
+    # -- the loop's side --
+    async def take(self) -> list[Any]:
+        """Everything handed over so far (waiting for at least one item); [] at the end."""
+        while True:
+            with self._cond:
+                if self._items:
+                    batch = list(self._items)
+                    self._items.clear()
+                    self._cond.notify()
+                    return batch
+                if self._done:
+                    if self._error is not None:
+                        raise self._error
+                    return []
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _close_iterator(iterator: Any) -> None:
@@ -104,32 +163,37 @@ def _close_iterator(iterator: Any) -> None:
         close()
 
 
-async def _feed_blocking(iterator: Iterator[Any], out: SendChannel[Any], counters: SourceCounters,
-                         chunk: int) -> None:
+async def _feed_blocking(
+    iterator: Iterator[Any], out: SendChannel[Any], counters: SourceCounters, chunk: int
+) -> None:
     thread = WorkerThread("async_flow:source")
+    handoff = _Handoff(chunk)
+    pumping = thread.submit(handoff.pump, iterator)
     try:
-        while True:
-            items = await thread.submit(_pull_chunk, iterator, chunk)
-            if not items:
-                return
+        while items := await handoff.take():
             counters.produced += len(items)
             await out.send_batch(items)
     finally:
+        handoff.stop()
         # Runs the generator's own cleanup (its finally blocks) in the thread it ran in.
         thread.submit(_close_iterator, iterator)
         await thread.aclose()
+        if pumping.done() and not pumping.cancelled():
+            pumping.result()
 
 
-async def _feed_collection(source: Iterable[Any], out: SendChannel[Any],
-                           counters: SourceCounters, chunk: int) -> None:
+async def _feed_collection(
+    source: Iterable[Any], out: SendChannel[Any], counters: SourceCounters, chunk: int
+) -> None:
     iterator = iter(source)
     while items := list(islice(iterator, chunk)):
         counters.produced += len(items)
         await out.send_batch(items)
 
 
-async def _feed_async(source: AsyncIterable[Any], out: SendChannel[Any],
-                      counters: SourceCounters) -> None:
+async def _feed_async(
+    source: AsyncIterable[Any], out: SendChannel[Any], counters: SourceCounters
+) -> None:
     iterator: AsyncIterator[Any] = aiter(source)
     try:
         async for item in iterator:
@@ -141,8 +205,9 @@ async def _feed_async(source: AsyncIterable[Any], out: SendChannel[Any],
             await aclose()
 
 
-async def _feed_one(source: Any, out: SendChannel[Any], counters: SourceCounters,
-                    chunk: int) -> None:
+async def _feed_one(
+    source: Any, out: SendChannel[Any], counters: SourceCounters, chunk: int
+) -> None:
     try:
         if isinstance(source, Merge):
             async with TaskGroup() as tg:

@@ -14,7 +14,20 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ("TaskGroup",)
+__all__ = ("Carried", "TaskGroup", "finish")
+
+
+class Carried(Exception):
+    """Carries a ``SystemExit`` or ``KeyboardInterrupt`` from a worker through the run's tasks.
+
+    asyncio lets those two escape the event loop from any task, which would skip the run's
+    clean-up; wrapped, they travel like any error and are unwrapped where the run ends.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
 
 T = TypeVar("T")
 
@@ -49,7 +62,13 @@ class TaskGroup:
         return bool(self._errors)
 
     def cancel(self) -> None:
-        """Cancel every task of the group (the group then exits without an error of its own)."""
+        """Cancel every task of the group (the group then exits without an error of its own).
+
+        Only the first call cancels: a task already cleaning up after its cancellation must not be
+        interrupted again half-way through closing its workers.
+        """
+        if self._aborting:
+            return
         self._aborting = True
         for task in self._tasks:
             task.cancel()
@@ -95,3 +114,24 @@ class TaskGroup:
                 raise asyncio.CancelledError
             return False
         return False
+
+
+async def finish(coro: Coroutine[Any, Any, T]) -> T:
+    """Run clean-up ``coro`` to its end even if the calling task is cancelled meanwhile.
+
+    Stopping what a run started must not be cut short by the very cancellation that asked for
+    it. A cancellation that arrives meanwhile is re-raised once the clean-up is done.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result

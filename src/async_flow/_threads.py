@@ -9,6 +9,7 @@ forever cannot keep the interpreter alive, but the runtime always asks it to sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -51,10 +52,8 @@ class WorkerThread:
         return fut
 
     def _post(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
 
     def _main(self) -> None:
         try:

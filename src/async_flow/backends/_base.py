@@ -36,7 +36,7 @@ class Backend(ABC):
         self.restarts = 0
 
     async def start(self) -> None:  # noqa: B027 - optional hook
-        """Prepare shared resources; runs before the source is read, so that a bad layer fails early."""
+        """Prepare shared resources. Runs before the source is read, so a bad layer fails early."""
 
     @abstractmethod
     async def open_worker(self, slot: int) -> None:

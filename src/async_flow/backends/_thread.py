@@ -47,7 +47,9 @@ class ThreadBackend(Backend):
     def _open_in_thread(self, slot: _Slot) -> None:
         layer = self.layer
         needs_loop = layer.kind.is_async or (
-            layer.is_class and hasattr(layer.fn, "__aenter__") and not hasattr(layer.fn, "__enter__")
+            layer.is_class
+            and hasattr(layer.fn, "__aenter__")
+            and not hasattr(layer.fn, "__enter__")
         )
         if needs_loop:
             slot.runner = asyncio.Runner()

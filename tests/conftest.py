@@ -1,0 +1,78 @@
+"""Shared fixtures: one test body for every backend, and a leak check after every test."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+T = TypeVar("T")
+
+#: Backends every generic test runs on. The process backend joins when its module exists;
+#: Ray is opt-in per module (it needs the extra and a session-wide instance).
+LOCAL_BACKENDS = ["async", "thread"]
+try:  # pragma: no cover - depends on which backends are present
+    import async_flow.backends._process  # noqa: F401
+
+    LOCAL_BACKENDS.append("process")
+except ModuleNotFoundError:
+    pass
+
+
+@pytest.fixture(params=LOCAL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of a backend; tests using it run once per local backend."""
+    return str(request.param)
+
+
+def _library_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("async_flow") and t.is_alive()]
+
+
+def _children() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (for process exit, not for races)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test: no thread of the library alive, no child process left."""
+    yield
+    if request.node.get_closest_marker("ray"):
+        return  # Ray's own processes are session-wide
+    assert not _library_threads(), f"threads left running: {_library_threads()}"
+    # A killed child may need a moment to be reaped by the OS; nothing else is waited for.
+    assert wait_until(lambda: not _children(), 5.0), f"child processes left: {_children()}"
+    gc.collect()
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a fresh loop and check it left no task behind."""
+
+    async def checked() -> T:
+        try:
+            return await coro
+        finally:
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert not others, f"tasks left running: {others}"
+
+    return asyncio.run(checked())
