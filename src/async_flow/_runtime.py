@@ -136,7 +136,7 @@ class LayerRun:
             emitted=c.emitted,
             failed=c.failed,
             skipped=c.skipped,
-            retried=c.retried,
+            retried=c.retried + self.backend.retried,
             restarts=self.backend.restarts,
             busy_seconds=c.busy_seconds,
             wait_seconds=self.inbox.wait_seconds,

@@ -34,6 +34,8 @@ class Backend(ABC):
         self.layer = layer
         #: Workers replaced after a crash (process and Ray backends); read by the runtime's stats.
         self.restarts = 0
+        #: Items re-run by the backend itself (after a worker crash); added to the layer's stats.
+        self.retried = 0
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare shared resources. Runs before the source is read, so a bad layer fails early."""
