@@ -9,9 +9,13 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
                     af.Layer(save))
 """
 
+from . import sinks
+from ._checkpoint import Checkpoint
 from ._errors import (
     AsyncFlowError,
+    CheckpointMismatch,
     ClosedChannelError,
+    DuplicateKey,
     ItemTimeout,
     SerializationError,
     TooManyFailures,
@@ -28,7 +32,10 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
+    "Checkpoint",
+    "CheckpointMismatch",
     "ClosedChannelError",
+    "DuplicateKey",
     "Failure",
     "ItemTimeout",
     "Layer",
@@ -46,4 +53,5 @@ __all__ = (
     "open_stream",
     "pipeline",
     "run",
+    "sinks",
 )

@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ._keyed import keyed_call
 from ._layer import Kind, Layer
 
 __all__ = (
@@ -141,7 +142,7 @@ class WorkerCall:
 def open_worker_call_sync(layer: Layer[Any, Any], runner: asyncio.Runner | None) -> WorkerCall:
     """Build a worker's callable in this thread or process (entering the instance if needed)."""
     if not layer.is_class:
-        return WorkerCall(layer.fn, layer.kind, None, False)
+        return _keyed(layer, WorkerCall(layer.fn, layer.kind, None, False))
     instance = layer.fn(*layer.args, **layer.kwargs)
     entered = False
     if hasattr(instance, "__enter__"):
@@ -152,7 +153,14 @@ def open_worker_call_sync(layer: Layer[Any, Any], runner: asyncio.Runner | None)
             raise RuntimeError("an async context manager needs an event loop runner")
         runner.run(instance.__aenter__())
         entered = True
-    return WorkerCall(instance, layer.kind, instance, entered)
+    return _keyed(layer, WorkerCall(instance, layer.kind, instance, entered))
+
+
+def _keyed(layer: Layer[Any, Any], wc: WorkerCall) -> WorkerCall:
+    """Under a checkpoint, the worker's call takes and returns keyed items (see ``_keyed``)."""
+    if getattr(layer, "keyed", False):
+        wc.call = keyed_call(wc.call, wc.kind)
+    return wc
 
 
 def close_worker_call_sync(wc: WorkerCall, runner: asyncio.Runner | None) -> None:
@@ -184,7 +192,7 @@ async def _await(awaitable: Any) -> Any:
 async def open_worker_call_async(layer: Layer[Any, Any]) -> WorkerCall:
     """Build a worker's callable on the event loop (entering the instance if needed)."""
     if not layer.is_class:
-        return WorkerCall(layer.fn, layer.kind, None, False)
+        return _keyed(layer, WorkerCall(layer.fn, layer.kind, None, False))
     instance = layer.fn(*layer.args, **layer.kwargs)
     entered = False
     if hasattr(instance, "__aenter__"):
@@ -193,7 +201,7 @@ async def open_worker_call_async(layer: Layer[Any, Any]) -> WorkerCall:
     elif hasattr(instance, "__enter__"):
         instance.__enter__()
         entered = True
-    return WorkerCall(instance, layer.kind, instance, entered)
+    return _keyed(layer, WorkerCall(instance, layer.kind, instance, entered))
 
 
 async def close_worker_call_async(wc: WorkerCall) -> None:

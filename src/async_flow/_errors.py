@@ -8,14 +8,18 @@ note (PEP 678) naming the layer and the item. The types below are for what only 
      ├── WorkerCrashed              a worker process or actor died while holding an item
      ├── ItemTimeout                an item took longer than its layer's ``timeout``
      ├── TooManyFailures            a layer's failure threshold was crossed
-     └── SerializationError         a function, item or result could not be shipped to a worker
+     ├── SerializationError         a function, item or result could not be shipped to a worker
+     ├── DuplicateKey               two items claim the same key (source key or stored row key)
+     └── CheckpointMismatch         a checkpoint was made by a different pipeline
 """
 
 from __future__ import annotations
 
 __all__ = (
     "AsyncFlowError",
+    "CheckpointMismatch",
     "ClosedChannelError",
+    "DuplicateKey",
     "ItemTimeout",
     "SerializationError",
     "TooManyFailures",
@@ -52,3 +56,19 @@ class TooManyFailures(AsyncFlowError):
 
 class SerializationError(AsyncFlowError):
     """A function, constructor argument, item or result could not be pickled for a worker."""
+
+
+class DuplicateKey(AsyncFlowError, ValueError):
+    """Two different items claim the same key.
+
+    Raised when the source yields a key that is already in flight or done in this run, and by the
+    SQLite sink when a row's key was already written by another item: colliding keys are reported,
+    never silently merged.
+    """
+
+
+class CheckpointMismatch(AsyncFlowError):
+    """The checkpoint's ledger was written by a different pipeline (its fingerprint differs).
+
+    Pass ``Checkpoint(..., resume_changed=True)`` to resume anyway.
+    """

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
+from ._checkpoint import Checkpoint, Lineage
 from ._layer import DEFAULT_MAXSIZE, Layer
 from ._report import Report
 from ._runtime import LayerRun
@@ -39,10 +40,16 @@ def _check(source: Any, layers: tuple[Any, ...]) -> None:
 class _Run:
     """One execution of a pipeline: owns its channels, tasks, threads and workers."""
 
-    def __init__(self, source: Any, layers: tuple[Layer[Any, Any], ...]) -> None:
+    def __init__(
+        self,
+        source: Any,
+        layers: tuple[Layer[Any, Any], ...],
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
         _check(source, layers)
         self.source = source
         self.layers = layers
+        self.checkpoint = checkpoint
         self.source_counters = SourceCounters()
         self.layer_runs: list[LayerRun] = []
         self.status = "running"
@@ -62,7 +69,19 @@ class _Run:
                 output.close()
 
     async def _execute(self, output: SendChannel[Any] | None) -> Report:
-        layers = self.layers
+        if self.checkpoint is None:
+            return await self._execute_layers(output, None)
+        lineage = Lineage(self.checkpoint, self.layers)
+        try:
+            await lineage.open()
+            return await self._execute_layers(output, lineage)
+        finally:
+            await finish(lineage.aclose())
+
+    async def _execute_layers(
+        self, output: SendChannel[Any] | None, lineage: Lineage | None
+    ) -> Report:
+        layers = self.layers if lineage is None else lineage.layers
         channels = [open_channel(layer.maxsize) for layer in layers]
         drain: ReceiveChannel[Any] | None = None
         if layers:
@@ -72,6 +91,7 @@ class _Run:
         else:  # nothing to run: the source is still read to its end
             first_send, drain = open_channel(DEFAULT_MAXSIZE)
         self._first_send = first_send
+        feed_into: Any = first_send if lineage is None else lineage.sender(first_send)
         # The last layer's outbox is the caller's output channel (a clone, so that the caller's own
         # side can be closed independently) or nothing at all.
         outboxes: list[SendChannel[Any] | None] = [
@@ -84,6 +104,7 @@ class _Run:
             self.layer_runs.append(
                 LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
             )
+            self.layer_runs[-1].lineage = lineage
         started: list[LayerRun] = []
         try:
             # Backends start before the source is read, so that a layer that cannot run fails
@@ -94,7 +115,7 @@ class _Run:
             async with TaskGroup() as tg:
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
                 tg.start(
-                    feed(self.source, first_send, self.source_counters, chunk),
+                    feed(self.source, feed_into, self.source_counters, chunk),
                     name="async_flow:source",
                 )
                 if drain is not None:
@@ -148,7 +169,9 @@ def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
     return lambda: next_recv.blocked_seconds
 
 
-async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
+async def pipeline(
+    source: Source, *layers: Layer[Any, Any], checkpoint: Checkpoint | None = None
+) -> Report:
     """Run ``source`` through ``layers`` to the end and return the :class:`Report`.
 
     Each layer's workers read from a bounded channel filled by the layer above; a full channel
@@ -159,6 +182,9 @@ async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
     is cancelled, and the exception is re-raised as itself with a note naming the layer and item.
     Cancelling the awaiting task stops everything the same way. Nothing the run started (tasks,
     threads, processes, actors) outlives the call.
+
+    With a :class:`Checkpoint`, the run records each source item once its results are committed
+    and skips the items an earlier run recorded (see :class:`Checkpoint`).
 
     Example::
 
@@ -172,10 +198,10 @@ async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
         >>> report.layers[0].emitted
         100
     """
-    return await _Run(source, layers).execute(None)
+    return await _Run(source, layers, checkpoint).execute(None)
 
 
-def run(source: Source, *layers: Layer[Any, Any]) -> Report:
+def run(source: Source, *layers: Layer[Any, Any], checkpoint: Checkpoint | None = None) -> Report:
     """Run a pipeline from synchronous code (``asyncio.run`` around :func:`pipeline`).
 
     Ctrl-C cancels the run, stops every worker, and raises ``KeyboardInterrupt``.
@@ -194,7 +220,7 @@ def run(source: Source, *layers: Layer[Any, Any]) -> Report:
         raise RuntimeError(
             "af.run() cannot be called from a running event loop: await af.pipeline()"
         )
-    return asyncio.run(pipeline(source, *layers))
+    return asyncio.run(pipeline(source, *layers, checkpoint=checkpoint))
 
 
 class Stream(Generic[T]):

@@ -12,13 +12,16 @@ import reprlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, _wait, _wake_all
 from ._layer import Layer
 from ._stats import LayerCounters, LayerStats
 from ._taskgroup import Carried, TaskGroup, finish
 from .backends import Backend, get_backend
+
+if TYPE_CHECKING:
+    from ._checkpoint import Lineage
 
 __all__ = ("LayerRun", "short_repr")
 
@@ -121,6 +124,8 @@ class LayerRun:
         self._reorder = _Reorderer(2 * layer.workers * in_flight) if layer.ordered else None
         self._started_at = perf_counter()
         self._ended_at: float | None = None
+        #: Set by the run under a checkpoint: tracks which source items are finished.
+        self.lineage: Lineage | None = None
 
     # --- statistics -----------------------------------------------------------------------
 
@@ -206,6 +211,7 @@ class LayerRun:
             sizer = self._sizer
             spread = self._spread
             reorder = self._reorder
+            lineage = self.lineage
             while True:
                 try:
                     items = await inbox.receive_batch(sizer.size(), spread)
@@ -216,6 +222,8 @@ class LayerRun:
                 n = len(items)
                 counters.received += n
                 counters.busy_workers += 1
+                if lineage is not None:
+                    lineage.before(self.index, items)
                 start = perf_counter()
                 try:
                     result = await backend.run_batch(slot, items)
@@ -229,6 +237,8 @@ class LayerRun:
                     counters.busy_workers -= 1
                     counters.busy_seconds += elapsed
                 sizer.observe(elapsed, n)
+                if lineage is not None:
+                    await lineage.after(self.index, items, outputs)
                 counters.emitted += len(outputs)
                 if reorder is not None:
                     await reorder.put(seq, outputs, outbox)

@@ -1,0 +1,339 @@
+"""Resume: a ledger of finished source items, so that a run started again does only the rest.
+
+A :class:`Checkpoint` names a SQLite database and a ``key`` function giving each source item a
+stable key. The database holds a ledger table of the keys of source items whose results are all
+committed, and the pipeline's fingerprint. A run reads the ledger first and skips those items.
+
+Knowing when a source item is finished
+--------------------------------------
+A layer may turn one item into zero, one or many (fan-out, filtering), so "the collector wrote a
+row" does not say "the source item is done". Under a checkpoint every item travels as a
+``Keyed(key, value)`` envelope (``_keyed``); each layer's workers unwrap it, call the function and
+wrap every output with the same key. The runtime, on the event loop, keeps for each source key the
+number of its envelopes still alive upstream of the collector:
+
+- the source admits an item: ``count[k] = 1``;
+- a layer before the collector turns ``i`` envelopes of ``k`` into ``o``: ``count[k] += o - i``
+  (outputs are counted before they are sent on, so the count never drops to zero early);
+- the collector is handed an envelope of ``k``: ``count[k] -= 1``.
+
+When the count reaches zero no envelope of ``k`` exists anywhere but in the collector's hands. If
+that happened at the collector, the envelope it was just handed is the source item's last: the
+runtime marks it ``final``, and the SQLite sink writes the key into the ledger inside the same
+transaction as that row. Earlier envelopes of ``k`` went to the same single writer before it, so
+they are in that transaction or an earlier one. A SIGKILL at any moment therefore leaves either
+the rows *and* the ledger entry, or a ledger without the key; in the latter case the item runs
+again and its rows are upserted over any partial ones: effectively-once.
+
+If the count reaches zero before the collector (the item was filtered out), there is nothing to
+commit; the runtime records the key through its own connection. With a collector that is not the
+SQLite sink on the checkpoint's database, the runtime records keys after the collector returned
+for their last envelope: a crash between the two replays the item, so delivery is at-least-once.
+
+The counts live only on the loop and only under a checkpoint; a run without one takes none of
+these paths. Envelopes are small picklable objects, so any backend carries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._channel import SendChannel
+from ._errors import CheckpointMismatch, DuplicateKey
+from ._keyed import LEDGER_TABLE, META_TABLE, Keyed, keyed_layer
+from ._layer import Layer
+from ._runtime import short_repr
+from ._threads import WorkerThread
+
+__all__ = ("Checkpoint", "Lineage")
+
+#: Keys recorded by the runtime are written once this many are pending (or at the end).
+_FLUSH_KEYS = 256
+_FLUSH_SECONDS = 1.0
+
+
+class Checkpoint:
+    """Where a run records the source items it has finished, so that it can be resumed.
+
+    Pass it to :func:`~async_flow.pipeline` or :func:`~async_flow.run`. ``key(item)`` must give
+    each source item a stable ``str``, ``int`` or ``bytes`` key (a file name, a row id); two items
+    with one key raise :class:`~async_flow.DuplicateKey`. The first run creates the ledger in
+    ``path``; a run started again skips every item whose key it holds.
+
+    Use the same database as an :func:`async_flow.sinks.sqlite` collector and each source item's
+    results and its ledger entry are committed in one transaction: a run killed at any point
+    (SIGKILL included) and started again commits every item exactly once. With any other
+    collector, an item is recorded after the collector returned for its last result, so a crash in
+    between replays it: at-least-once.
+
+    The ledger holds a fingerprint of the pipeline (layer names and functions); resuming with a
+    different pipeline raises :class:`~async_flow.CheckpointMismatch` unless ``resume_changed``.
+
+    Example::
+
+        >>> import async_flow as af, os, tempfile
+        >>> db = os.path.join(tempfile.mkdtemp(), "run.db")
+        >>> def square(i):
+        ...     return {"id": i, "sq": i * i}
+        >>> layers = (af.Layer(square, 2), af.sinks.sqlite(db))
+        >>> af.run(range(5), *layers, checkpoint=af.Checkpoint(db, key=int)).source.produced
+        5
+        >>> af.run(range(8), *layers, checkpoint=af.Checkpoint(db, key=int)).layers[0].received
+        3
+    """
+
+    __slots__ = ("key", "path", "resume_changed")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        key: Callable[[Any], Any],
+        *,
+        resume_changed: bool = False,
+    ) -> None:
+        if not callable(key):
+            raise TypeError(f"Checkpoint: key must be callable, got {type(key).__name__}")
+        self.path = os.fspath(path)
+        self.key = key
+        self.resume_changed = resume_changed
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.path!r}, key={getattr(self.key, '__qualname__', self.key)!r})"
+
+
+def fingerprint(layers: tuple[Layer[Any, Any], ...]) -> str:
+    """A short hash of what the layers are: their names and their functions' qualified names."""
+    parts = []
+    for layer in layers:
+        fn = layer.fn
+        while hasattr(fn, "func"):  # functools.partial
+            fn = fn.func
+        what = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        parts.append(f"{layer.name}|{what}|{layer.kind.value}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _sink_writes_ledger(layer: Layer[Any, Any], path: str) -> bool:
+    from .sinks import SQLite
+
+    if not (layer.is_class and isinstance(layer.fn, type) and issubclass(layer.fn, SQLite)):
+        return False
+    target = layer.args[0] if layer.args else layer.kwargs.get("path")
+    if target is None:
+        return False
+    same: bool = os.path.realpath(os.fspath(target)) == os.path.realpath(path)
+    if same and layer.workers != 1:
+        raise ValueError(
+            f"Layer {layer.name!r}: the SQLite collector of a checkpointed run needs exactly one"
+            f" worker (SQLite has one writer), got {layer.workers}"
+        )
+    return same
+
+
+def _check_key(key: Any, item: Any) -> None:
+    if isinstance(key, bool) or not isinstance(key, str | int | bytes):
+        raise TypeError(
+            f"checkpoint key of item {short_repr(item)} must be a str, int or bytes, got"
+            f" {type(key).__name__} {short_repr(key)}"
+        )
+
+
+class Lineage:
+    """The per-run state of a checkpoint: ledger connection, finished keys, outstanding counts."""
+
+    def __init__(self, checkpoint: Checkpoint, layers: tuple[Layer[Any, Any], ...]) -> None:
+        if not layers:
+            raise ValueError("a checkpointed pipeline needs at least one layer")
+        for layer in layers:
+            if layer.stream is not None:
+                raise ValueError(
+                    f"Layer {layer.name!r} reads its whole input (af.batch) and cannot carry"
+                    " checkpoint keys; the SQLite collector batches its commits itself"
+                )
+        self.checkpoint = checkpoint
+        self.last = len(layers) - 1
+        self.sink_writes_ledger = _sink_writes_ledger(layers[-1], checkpoint.path)
+        run_layers = [keyed_layer(layer) for layer in layers]
+        if self.sink_writes_ledger:
+            run_layers[-1] = layers[-1]  # the sink takes the envelopes themselves
+        self.layers = tuple(run_layers)
+        self._fingerprint = fingerprint(layers)
+        self.counts: dict[Any, int] = {}
+        self.done: set[Any] = set()  # finished in an earlier run
+        self.finished: set[Any] = set()  # finished in this run
+        self.skipped = 0
+        self._pending: list[Any] = []
+        self._pending_since = 0.0
+        self._thread: WorkerThread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # --- the ledger (on its own thread) ------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or read the ledger; refuse a checkpoint made by a different pipeline."""
+        self._thread = WorkerThread("async_flow:checkpoint")
+        self.done = await self._thread.submit(self._open_db)
+
+    def _open_db(self) -> set[Any]:
+        conn = self._conn = sqlite3.connect(
+            self.checkpoint.path, timeout=30.0, isolation_level=None
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (k PRIMARY KEY) WITHOUT ROWID")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (name TEXT PRIMARY KEY, value)")
+            row = conn.execute(
+                f"SELECT value FROM {META_TABLE} WHERE name = 'fingerprint'"
+            ).fetchone()
+            if (
+                row is not None
+                and row[0] != self._fingerprint
+                and not self.checkpoint.resume_changed
+            ):
+                raise CheckpointMismatch(
+                    f"checkpoint {self.checkpoint.path!r} was written by a different pipeline"
+                    f" (fingerprint {row[0]}, this one {self._fingerprint}): its layers or"
+                    " functions changed. Use a new path, or Checkpoint(..., resume_changed=True)"
+                    " to skip the items it recorded anyway"
+                )
+            conn.execute(
+                f"INSERT OR REPLACE INTO {META_TABLE} (name, value) VALUES ('fingerprint', ?)",
+                (self._fingerprint,),
+            )
+            done = {k for (k,) in conn.execute(f"SELECT k FROM {LEDGER_TABLE}")}
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return done
+
+    def _record(self, keys: list[Any]) -> None:
+        assert self._conn is not None
+        with self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                f"INSERT OR IGNORE INTO {LEDGER_TABLE} (k) VALUES (?)", [(k,) for k in keys]
+            )
+
+    def _close_db(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _flush(self) -> None:
+        keys, self._pending = self._pending, []
+        if keys and self._thread is not None:
+            await self._thread.submit(self._record, keys)
+
+    async def aclose(self) -> None:
+        """Record what is pending (those items did finish) and close the ledger."""
+        thread = self._thread
+        if thread is None:
+            return
+        try:
+            if self._conn is not None:
+                await self._flush()
+        finally:
+            thread.submit(self._close_db)
+            await thread.aclose()
+
+    # --- the source ---------------------------------------------------------------------------
+
+    def admit(self, items: list[Any]) -> list[Keyed]:
+        """Key the source's items, drop those already done, refuse a key used twice."""
+        key_of = self.checkpoint.key
+        done, counts, finished = self.done, self.counts, self.finished
+        envelopes = []
+        for item in items:
+            try:
+                key = key_of(item)
+            except Exception as exc:
+                exc.add_note(
+                    f"async_flow: the checkpoint key function raised on item {short_repr(item)}"
+                )
+                raise
+            _check_key(key, item)
+            if key in done:
+                self.skipped += 1
+                continue
+            if key in counts or key in finished:
+                raise DuplicateKey(
+                    f"source item {short_repr(item)} has key {key!r}, already used by another"
+                    " item of this run; checkpoint keys must be unique"
+                )
+            counts[key] = 1
+            envelopes.append(Keyed(key, item))
+        return envelopes
+
+    def sender(self, inner: SendChannel[Any]) -> _KeyingSender:
+        """The first channel's send side, keying what the source sends through it."""
+        return _KeyingSender(inner, self)
+
+    # --- the layers ---------------------------------------------------------------------------
+
+    def before(self, index: int, items: list[Any]) -> None:
+        """At the SQLite collector: mark each source item's last envelope ``final``."""
+        if index != self.last or not self.sink_writes_ledger:
+            return
+        counts, finished = self.counts, self.finished
+        for env in items:
+            key = env.key
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+                finished.add(key)
+                env.final = True
+
+    async def after(self, index: int, items: list[Any], outputs: list[Any]) -> None:
+        """A layer turned ``items`` into ``outputs``: update counts, record finished keys."""
+        if index == self.last and self.sink_writes_ledger:
+            return
+        counts = self.counts
+        if index != self.last:
+            for env in outputs:
+                counts[env.key] += 1
+        pending = self._pending
+        for env in items:
+            key = env.key
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+                self.finished.add(key)
+                if not pending:
+                    self._pending_since = time.monotonic()
+                pending.append(key)
+        if pending and (
+            len(pending) >= _FLUSH_KEYS or time.monotonic() - self._pending_since >= _FLUSH_SECONDS
+        ):
+            await self._flush()
+
+
+class _KeyingSender:
+    """Wraps the first channel's send side: source items go in as :class:`Keyed` envelopes."""
+
+    __slots__ = ("_inner", "_lineage")
+
+    def __init__(self, inner: SendChannel[Any], lineage: Lineage) -> None:
+        self._inner = inner
+        self._lineage = lineage
+
+    def clone(self) -> _KeyingSender:
+        return _KeyingSender(self._inner.clone(), self._lineage)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def send_batch(self, items: list[Any]) -> None:
+        envelopes = self._lineage.admit(items)
+        if envelopes:
+            await self._inner.send_batch(envelopes)
