@@ -19,16 +19,21 @@ number of its envelopes still alive upstream of the collector:
 
 When the count reaches zero no envelope of ``k`` exists anywhere but in the collector's hands. If
 that happened at the collector, the envelope it was just handed is the source item's last: the
-runtime marks it ``final``, and the SQLite sink writes the key into the ledger inside the same
-transaction as that row. Earlier envelopes of ``k`` went to the same single writer before it, so
-they are in that transaction or an earlier one. A SIGKILL at any moment therefore leaves either
-the rows *and* the ledger entry, or a ledger without the key; in the latter case the item runs
-again and its rows are upserted over any partial ones: effectively-once.
+runtime marks it ``final``. The SQLite sink (one writer) holds a source item's rows until its final
+envelope arrives, then writes them all and the item's ledger entry in one savepoint of its open
+transaction. A SIGKILL at any moment therefore leaves an item either wholly committed *and* in the
+ledger, or absent from both; an absent item runs again on resume: effectively-once, even for
+fan-out whose row keys are not deterministic.
 
-If the count reaches zero before the collector (the item was filtered out), there is nothing to
-commit; the runtime records the key through its own connection. With a collector that is not the
-SQLite sink on the checkpoint's database, the runtime records keys after the collector returned
-for their last envelope: a crash between the two replays the item, so delivery is at-least-once.
+If the count reaches zero before the collector (its last envelope was filtered out), two cases:
+if none of the item's envelopes reached the collector there is nothing to commit and the runtime
+records the key through its own connection; if some did, their rows wait in the collector, so the
+runtime hands the collector an end marker for the key with its next batch (or once its input has
+ended), and the collector writes the held rows and the ledger entry together.
+
+With a collector that is not the SQLite sink on the checkpoint's database, the runtime records
+keys after the collector returned for their last envelope: a crash between the two replays the
+item, so delivery is at-least-once.
 
 The counts live only on the loop and only under a checkpoint; a run without one takes none of
 these paths. Envelopes are small picklable objects, so any backend carries them.
@@ -167,7 +172,9 @@ class Lineage:
         self.done: set[Any] = set()  # finished in an earlier run
         self.finished: set[Any] = set()  # finished in this run
         self.skipped = 0
-        self._pending: list[Any] = []
+        self._pending: list[Any] = []  # finished keys the runtime records itself
+        self._at_sink: set[Any] = set()  # keys with rows held by the collector, not final yet
+        self._ends: list[Any] = []  # keys the collector must record with the rows it holds
         self._pending_since = 0.0
         self._thread: WorkerThread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -277,20 +284,38 @@ class Lineage:
 
     # --- the layers ---------------------------------------------------------------------------
 
-    def before(self, index: int, items: list[Any]) -> None:
-        """At the SQLite collector: mark each source item's last envelope ``final``."""
+    def owed(self, index: int) -> bool:
+        """Whether the SQLite collector (layer ``index``) has end markers still to write."""
+        return index == self.last and bool(self._ends)
+
+    def before(self, index: int, items: list[Any]) -> int:
+        """At the SQLite collector: mark each source item's last envelope ``final``.
+
+        Also appends an end marker for each item that finished upstream (its last envelope was
+        filtered out) after some of its rows reached the collector, so that the collector writes
+        them and the ledger entry together. Returns how many markers were appended.
+        """
         if index != self.last or not self.sink_writes_ledger:
-            return
-        counts, finished = self.counts, self.finished
+            return 0
+        counts, finished, at_sink = self.counts, self.finished, self._at_sink
         for env in items:
             key = env.key
             left = counts[key] - 1
             if left:
                 counts[key] = left
+                at_sink.add(key)
             else:
                 del counts[key]
                 finished.add(key)
+                at_sink.discard(key)
                 env.final = True
+        ends = self._ends
+        if not ends:
+            return 0
+        self._ends = []
+        # An empty tuple is zero rows: the collector writes what it holds, then the ledger entry.
+        items.extend(Keyed(key, (), final=True) for key in ends)
+        return len(ends)
 
     async def after(self, index: int, items: list[Any], outputs: list[Any]) -> None:
         """A layer turned ``items`` into ``outputs``: update counts, record finished keys."""
@@ -306,12 +331,17 @@ class Lineage:
             left = counts[key] - 1
             if left:
                 counts[key] = left
-            else:
-                del counts[key]
-                self.finished.add(key)
-                if not pending:
-                    self._pending_since = time.monotonic()
-                pending.append(key)
+                continue
+            del counts[key]
+            self.finished.add(key)
+            if key in self._at_sink:
+                # Rows of this item wait in the collector: it must record the key with them.
+                self._at_sink.remove(key)
+                self._ends.append(key)
+                continue
+            if not pending:
+                self._pending_since = time.monotonic()
+            pending.append(key)
         if pending and (
             len(pending) >= _FLUSH_KEYS or time.monotonic() - self._pending_since >= _FLUSH_SECONDS
         ):

@@ -216,14 +216,16 @@ class LayerRun:
                 try:
                     items = await inbox.receive_batch(sizer.size(), spread)
                 except EndOfChannel:
-                    return
+                    # Under a checkpoint the collector may still owe the ledger some keys.
+                    if lineage is None or not lineage.owed(self.index):
+                        return
+                    items = []
                 seq = self._seq
                 self._seq = seq + 1
                 n = len(items)
                 counters.received += n
                 counters.busy_workers += 1
-                if lineage is not None:
-                    lineage.before(self.index, items)
+                extra = 0 if lineage is None else lineage.before(self.index, items)
                 start = perf_counter()
                 try:
                     result = await backend.run_batch(slot, items)
@@ -236,10 +238,10 @@ class LayerRun:
                     elapsed = perf_counter() - start
                     counters.busy_workers -= 1
                     counters.busy_seconds += elapsed
-                sizer.observe(elapsed, n)
+                sizer.observe(elapsed, n + extra)
                 if lineage is not None:
                     await lineage.after(self.index, items, outputs)
-                counters.emitted += len(outputs)
+                counters.emitted += len(outputs) - extra
                 if reorder is not None:
                     await reorder.put(seq, outputs, outbox)
                 elif outputs and outbox is not None:

@@ -13,8 +13,10 @@ adding a second one. Two *different* items with the same key are a collision and
 when a checkpoint records which source item wrote each row.
 
 Under a :class:`~async_flow.Checkpoint` whose path is this database, the runtime hands the sink
-envelopes that carry their source item's key; the sink writes the ledger row of a source item in
-the same transaction as that item's last result (see ``async_flow._checkpoint``).
+envelopes that carry their source item's key. The sink holds a source item's rows until the runtime
+marks one of its envelopes as the last, then writes them together with the item's ledger row in
+the same transaction (see ``async_flow._checkpoint``). If a call fails, the run stops and the open
+transaction is rolled back, so the database only ever holds whole transactions.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class SQLite:
         self._insert: dict[tuple[str, ...], str] = {}
         self._pending = 0
         self._opened_at = 0.0
+        self._failed = False
+        self._held: dict[Any, list[Any]] = {}
         if schema is not None:
             self._create({_check_name("column", c): str(t) for c, t in schema.items()})
         else:
@@ -147,11 +151,28 @@ class SQLite:
 
     def __call__(self, result: Any) -> None:
         """Write one result (a row, or a list of rows) into the open transaction."""
+        self._failed = True  # until this call has succeeded
+        self._store(result)
+        self._failed = False
+
+    def _store(self, result: Any) -> None:
         source: Any = None
         final = False
         if isinstance(result, Keyed):
             source, final, result = result.key, result.final, result.value
-        rows = result if isinstance(result, list | tuple) else [result]
+        rows = list(result) if isinstance(result, list | tuple) else [result]
+        for row in rows:
+            self._check(row)
+        if source is not None:
+            # A source item's rows are held until its last one arrives, then written with its
+            # ledger entry in one savepoint: an item is in a commit entirely or not at all.
+            held = self._held.pop(source, None) if final else self._held.setdefault(source, [])
+            if not final:
+                assert held is not None
+                held.extend(rows)
+                return
+            if held:
+                rows = held + rows
         conn = self._conn
         if not conn.in_transaction:
             conn.execute("BEGIN")
@@ -178,7 +199,7 @@ class SQLite:
         ):
             self.commit()
 
-    def _write(self, row: Any, source: Any) -> None:
+    def _check(self, row: Any) -> None:
         if not isinstance(row, Mapping):
             raise TypeError(
                 f"SQLite sink {self.table!r}: a result must be a dict (one row) or a list of"
@@ -197,6 +218,9 @@ class SQLite:
                     f" {type(value).__name__} {short_repr(value)} (store None, bool, int, float,"
                     " str or bytes; serialise the rest, e.g. with json.dumps)"
                 )
+
+    def _write(self, row: Mapping[str, Any], source: Any) -> None:
+        key = row[self.key]
         keyed = source is not None
         if self._columns is None:
             self._infer(row, keyed)
@@ -254,9 +278,16 @@ class SQLite:
         self._pending = 0
 
     def close(self) -> None:
-        """Commit what is pending and close the connection (called by the runtime at the end)."""
+        """Commit what is pending and close the connection (called by the runtime at the end).
+
+        If the last call failed (the run is stopping on that error), the open transaction is rolled
+        back instead: the database keeps only whole transactions, never part of one.
+        """
         try:
-            self.commit()
+            if self._failed and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            else:
+                self.commit()
         finally:
             self._conn.close()
 
