@@ -118,7 +118,8 @@ def fingerprint(layers: tuple[Layer[Any, Any], ...]) -> str:
         fn = layer.fn
         while hasattr(fn, "func"):  # functools.partial
             fn = fn.func
-        what = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        # Not the module: the same function is ``__main__.f`` in a script and ``job.f`` imported.
+        what = getattr(fn, "__qualname__", type(fn).__name__)
         parts.append(f"{layer.name}|{what}|{layer.kind.value}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
