@@ -163,3 +163,30 @@ def test_shapes_it_cannot_track_are_refused(tmp_path: Path) -> None:
             af.Layer(af.sinks.SQLite, 2, args=(db,)),
             checkpoint=af.Checkpoint(db, key=int),
         )
+
+
+def test_the_collector_raising_leaves_no_item_half_committed(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    bad = {"item": 13}
+
+    def three_rows(i: int) -> Iterator[dict[str, Any]]:
+        for j in range(3):
+            broken = i == bad["item"] and j == 2
+            yield {"id": f"{i}-{j}", "source": i, "v": [j] if broken else j}
+
+    def stored() -> dict[int, int]:
+        return dict(query(db, "SELECT source, count(*) FROM results GROUP BY source"))
+
+    layers = (af.Layer(three_rows, 2), af.sinks.sqlite(db, commit_every=4))
+    with pytest.raises(TypeError, match="cannot store column 'v' of row '13-2'"):
+        af.run(range(40), *layers, checkpoint=af.Checkpoint(db, key=int))
+    # Whole transactions only: each item stored is stored entirely, and is in the ledger.
+    assert 13 not in ledger(db)
+    assert ledger(db)  # items before it were committed
+    assert set(stored()) == ledger(db)
+    assert set(stored().values()) <= {3}
+
+    bad["item"] = -1
+    af.run(range(40), *layers, checkpoint=af.Checkpoint(db, key=int))
+    assert ledger(db) == set(range(40))
+    assert stored() == {i: 3 for i in range(40)}
