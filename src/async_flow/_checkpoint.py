@@ -41,6 +41,7 @@ these paths. Envelopes are small picklable objects, so any backend carries them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import sqlite3
@@ -178,6 +179,7 @@ class Lineage:
         self._ends: list[Any] = []  # keys the collector must record with the rows it holds
         self._pending_since = 0.0
         self._thread: WorkerThread | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._conn: sqlite3.Connection | None = None
 
     # --- the ledger (on its own thread) ------------------------------------------------------
@@ -225,7 +227,7 @@ class Lineage:
     def _record(self, keys: list[Any]) -> None:
         assert self._conn is not None
         with self._conn:
-            self._conn.execute("BEGIN")
+            self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
                 f"INSERT OR IGNORE INTO {LEDGER_TABLE} (k) VALUES (?)", [(k,) for k in keys]
             )
@@ -234,10 +236,21 @@ class Lineage:
         if self._conn is not None:
             self._conn.close()
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
+        """Hand the pending keys to the ledger thread, one write at a time; never waits.
+
+        While a write is running (the collector may hold the database's write lock for up to a
+        commit interval), new keys accumulate for the next one instead of stalling the layer.
+        """
+        writing = self._writing
+        if writing is not None:
+            if not writing.done():
+                return
+            self._writing = None
+            writing.result()  # a failed ledger write fails the run
         keys, self._pending = self._pending, []
         if keys and self._thread is not None:
-            await self._thread.submit(self._record, keys)
+            self._writing = self._thread.submit(self._record, keys)
 
     async def aclose(self) -> None:
         """Record what is pending (those items did finish) and close the ledger."""
@@ -245,8 +258,10 @@ class Lineage:
         if thread is None:
             return
         try:
-            if self._conn is not None:
-                await self._flush()
+            if self._writing is not None:
+                await self._writing
+            if self._conn is not None and self._pending:
+                await thread.submit(self._record, self._pending)
         finally:
             thread.submit(self._close_db)
             await thread.aclose()
@@ -318,7 +333,7 @@ class Lineage:
         items.extend(Keyed(key, (), final=True) for key in ends)
         return len(ends)
 
-    async def after(self, index: int, items: list[Any], outputs: list[Any]) -> None:
+    def after(self, index: int, items: list[Any], outputs: list[Any]) -> None:
         """A layer turned ``items`` into ``outputs``: update counts, record finished keys."""
         if index == self.last and self.sink_writes_ledger:
             return
@@ -346,7 +361,7 @@ class Lineage:
         if pending and (
             len(pending) >= _FLUSH_KEYS or time.monotonic() - self._pending_since >= _FLUSH_SECONDS
         ):
-            await self._flush()
+            self._flush()
 
 
 class _KeyingSender:

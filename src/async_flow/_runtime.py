@@ -240,7 +240,7 @@ class LayerRun:
                     counters.busy_seconds += elapsed
                 sizer.observe(elapsed, n + extra)
                 if lineage is not None:
-                    await lineage.after(self.index, items, outputs)
+                    lineage.after(self.index, items, outputs)
                 counters.emitted += len(outputs) - extra
                 if reorder is not None:
                     await reorder.put(seq, outputs, outbox)

@@ -175,7 +175,7 @@ class SQLite:
                 rows = held + rows
         conn = self._conn
         if not conn.in_transaction:
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             self._opened_at = time.monotonic()
         conn.execute("SAVEPOINT af_call")
         had_table = self._columns is not None
