@@ -190,3 +190,28 @@ def test_the_collector_raising_leaves_no_item_half_committed(tmp_path: Path) -> 
     af.run(range(40), *layers, checkpoint=af.Checkpoint(db, key=int))
     assert ledger(db) == set(range(40))
     assert stored() == {i: 3 for i in range(40)}
+
+
+def test_envelopes_and_keyed_layers_cross_to_other_processes() -> None:
+    """What a process or Ray worker receives under a checkpoint pickles, and unwraps there."""
+    import pickle
+
+    import cloudpickle
+
+    from async_flow._calls import open_worker_call_sync, run_batch_sync
+    from async_flow._keyed import Keyed, keyed_layer
+
+    env = pickle.loads(pickle.dumps(Keyed("k", [None, 0, ""], final=True)))
+    assert (env.key, env.value, env.final) == ("k", [None, 0, ""], True)
+
+    layer = pickle.loads(cloudpickle.dumps(keyed_layer(af.Layer(fan, 2, name="fan"))))
+    assert isinstance(layer, af.Layer)
+    assert (layer.name, layer.workers) == ("fan", 2)
+    wc = open_worker_call_sync(layer, None)
+    result = run_batch_sync(wc.call, wc.kind, [Keyed(5, 5), Keyed(4, 4), Keyed(7, 7)])
+    assert [(o.key, o.value["id"]) for o in result.outputs] == [
+        (5, "5-0"),
+        (7, "7-0"),
+        (7, "7-1"),
+        (7, "7-2"),
+    ]

@@ -177,8 +177,13 @@ class SQLite:
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
             self._opened_at = time.monotonic()
-        conn.execute("SAVEPOINT af_call")
         had_table = self._columns is not None
+        if len(rows) == 1 and not final and had_table:
+            # One row is one upsert, atomic by itself (``_write`` undoes its own bookkeeping).
+            self._write(rows[0], source)
+            self._count_and_commit()
+            return
+        conn.execute("SAVEPOINT af_call")
         try:
             for row in rows:
                 self._write(row, source)
@@ -192,6 +197,9 @@ class SQLite:
                 self._insert.clear()
             raise
         conn.execute("RELEASE af_call")
+        self._count_and_commit()
+
+    def _count_and_commit(self) -> None:
         self._pending += 1
         if (
             self._pending >= self.commit_every
@@ -244,12 +252,16 @@ class SQLite:
         values = [row[c] for c in cols]
         if track:
             values.append(source)
-        cursor = conn.execute(self._statement(cols, track), values)
-        if track and cursor.rowcount == 0:
-            raise DuplicateKey(
-                f"SQLite sink {self.table!r}: key {key!r} is stored already, written for another"
-                f" source item than {source!r}: {short_repr(row)}"
-            )
+        try:
+            cursor = conn.execute(self._statement(cols, track), values)
+            if track and cursor.rowcount == 0:
+                raise DuplicateKey(
+                    f"SQLite sink {self.table!r}: key {key!r} is stored already, written for"
+                    f" another source item than {source!r}: {short_repr(row)}"
+                )
+        except BaseException:
+            conn.execute("DELETE FROM temp._af_seen WHERE k = ?", (key,))
+            raise
 
     def _statement(self, cols: tuple[str, ...], track: bool) -> str:
         sql = self._insert.get((*cols, str(track)))
