@@ -215,3 +215,17 @@ def test_envelopes_and_keyed_layers_cross_to_other_processes() -> None:
         (7, "7-1"),
         (7, "7-2"),
     ]
+
+
+def test_merged_sources_are_keyed_too(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    layers = (af.Layer(lambda i: {"id": i}, 2), af.sinks.sqlite(db))
+    af.run(
+        af.merge(range(0, 5), iter(range(5, 10))), *layers, checkpoint=af.Checkpoint(db, key=int)
+    )
+    assert ledger(db) == set(range(10))
+    again = af.run(
+        af.merge(range(0, 12, 2), range(1, 12, 2)), *layers, checkpoint=af.Checkpoint(db, key=int)
+    )
+    assert again.layers[0].received == 2
+    assert ledger(db) == set(range(12))
