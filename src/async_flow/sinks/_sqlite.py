@@ -69,6 +69,9 @@ class SQLite:
     ``bytes``; anything else, a missing key or an unknown column raises a ``TypeError`` or
     ``ValueError`` that names the column and the row (the runtime adds the layer and the item).
 
+    Under a :class:`~async_flow.Checkpoint` on the same database, the rows of one source item
+    are held in memory until its last one arrives, then written with its ledger entry at once.
+
     Args:
         path: the database file (created if missing).
         table: the table the rows go to.
