@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -18,7 +19,7 @@ def test_sqlite_collector_example_runs_and_resumes(tmp_path: Path) -> None:
     )
     assert first.returncode == 0, first.stderr.decode()
     assert "300 new documents, 300 in the source" in first.stdout.decode()
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM documents ORDER BY name")]
         assert conn.execute("SELECT min(words) FROM documents").fetchone() == (20,)
     assert names == [f"doc-{n:06d}" for n in range(300)]
@@ -28,5 +29,5 @@ def test_sqlite_collector_example_runs_and_resumes(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr.decode()
     assert "50 new documents, 350 in the source" in again.stdout.decode()
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM documents").fetchone() == (350,)

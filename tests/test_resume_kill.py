@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_sigkill_at_random_points_then_resume_commits_each_item_once(tmp_path: P
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         killed += child.exitcode == -signal.SIGKILL
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             progress.append(conn.execute("SELECT count(*) FROM _af_ledger").fetchone()[0])
     assert killed >= 15, killed
     assert progress == sorted(progress), progress  # a resumed run never loses committed work
@@ -56,7 +57,7 @@ def test_sigkill_at_random_points_then_resume_commits_each_item_once(tmp_path: P
     )
     assert done.returncode == 0, done.stderr.decode()
 
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         ledger = {k for (k,) in conn.execute("SELECT k FROM _af_ledger")}
         per_item = dict(conn.execute("SELECT source, count(*) FROM results GROUP BY source"))
         pairs = conn.execute("SELECT count(*), count(DISTINCT source || '-' || j) FROM results")
