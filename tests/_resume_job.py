@@ -1,4 +1,4 @@
-"""A checkpointed pipeline for the kill tests (also runnable: ``python _resume_job.py DB N``).
+"""A checkpointed pipeline for the kill tests: ``python _resume_job.py [--zygote] DB N``.
 
 Fan-out with random row ids, so that an item committed twice would show up as extra rows instead
 of being hidden by an upsert; a filter (``i % 4 == 0`` yields nothing); threads and tasks; and the
@@ -34,7 +34,7 @@ def job(db: str, n: int, ready_fd: int | None = None) -> None:
 
     def source() -> Iterator[int]:
         if ready_fd is not None:
-            os.write(ready_fd, b"r")
+            os.write(ready_fd, b"ready\n")
         yield from range(n)
 
     af.run(
@@ -46,5 +46,31 @@ def job(db: str, n: int, ready_fd: int | None = None) -> None:
     )
 
 
+def zygote(db: str, n: int) -> None:
+    """Fork one run per ``run`` line on stdin, from this single-threaded, already-imported process.
+
+    Prints ``pid P`` for each child, the child prints ``ready`` once it reads its source, and
+    ``exit S`` follows once the child is reaped (``S`` is the raw wait status). ``quit`` ends.
+    """
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                job(db, n, sys.stdout.fileno())
+            except BaseException:  # noqa: BLE001 - reported through the exit status
+                code = 1
+            finally:
+                os._exit(code)
+        print(f"pid {pid}", flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(f"exit {status}", flush=True)
+
+
 if __name__ == "__main__":
-    job(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1:2] == ["--zygote"]:
+        zygote(sys.argv[2], int(sys.argv[3]))
+    else:
+        job(sys.argv[1], int(sys.argv[2]))

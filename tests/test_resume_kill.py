@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import signal
@@ -20,34 +19,59 @@ from tests import _resume_job
 N = 2000
 
 
-def _child(db: str, n: int, ready_fd: int) -> None:
-    _resume_job.job(db, n, ready_fd)
+def _start_run(zygote: subprocess.Popen[str]) -> int:
+    """Fork a run; return its pid once it is reading its source."""
+    assert zygote.stdin is not None
+    assert zygote.stdout is not None
+    zygote.stdin.write("run\n")
+    zygote.stdin.flush()
+    pid = None
+    ready = False
+    for _ in range(2):  # "pid P" and "ready" come from two processes, in either order
+        words = zygote.stdout.readline().split()
+        if words[0] == "pid":
+            pid = int(words[1])
+        else:
+            assert words == ["ready"], words
+            ready = True
+    assert pid is not None
+    assert ready
+    return pid
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_commits_each_item_once(tmp_path: Path) -> None:
     db = str(tmp_path / "run.db")
     rng = random.Random(20261127)
-    # Forked children start at once (the import is already done), so 20 kills stay quick; the
-    # last run is a fresh interpreter, as a restart after a crash would be.
-    ctx = multiprocessing.get_context("fork")
+    # The runs are forked by a single-threaded process that has imported everything already, so
+    # each starts at once and 20 kills stay quick. The last run is a fresh interpreter, as a
+    # restart after a crash would be.
+    zygote = subprocess.Popen(
+        [sys.executable, _resume_job.__file__, "--zygote", db, str(N)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert zygote.stdin is not None
+    assert zygote.stdout is not None
     killed = 0
     progress = []
-    for _ in range(20):
-        read_fd, write_fd = os.pipe()
-        child = ctx.Process(target=_child, args=(db, N, write_fd))
-        child.start()
-        os.close(write_fd)
-        try:
-            assert os.read(read_fd, 1) == b"r"  # the run is reading its source
-        finally:
-            os.close(read_fd)
-        time.sleep(rng.uniform(0.0, 0.25))
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        killed += child.exitcode == -signal.SIGKILL
-        with closing(sqlite3.connect(db)) as conn:
-            progress.append(conn.execute("SELECT count(*) FROM _af_ledger").fetchone()[0])
+    try:
+        for _ in range(20):
+            pid = _start_run(zygote)
+            time.sleep(rng.uniform(0.0, 0.25))
+            os.kill(pid, signal.SIGKILL)
+            words = zygote.stdout.readline().split()
+            assert words[0] == "exit", words
+            status = int(words[1])
+            killed += os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            with closing(sqlite3.connect(db)) as conn:
+                progress.append(conn.execute("SELECT count(*) FROM _af_ledger").fetchone()[0])
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+        zygote.stdout.close()
+    assert zygote.returncode == 0
     assert killed >= 15, killed
     assert progress == sorted(progress), progress  # a resumed run never loses committed work
     assert 0 < progress[-1] < N, progress  # the kills landed mid-run
