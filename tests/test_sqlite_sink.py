@@ -139,5 +139,13 @@ def test_keys_that_collide_in_a_run_are_reported(tmp_path: Path, backend: str) -
 def test_bad_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="table must be a plain SQL identifier"):
         SQLite(tmp_path / "x.db", table="t; DROP TABLE x")
-    with pytest.raises(ValueError, match="commit_every must be >= 1"):
+    with pytest.raises(ValueError, match="commit_every must be an int >= 1"):
         SQLite(tmp_path / "x.db", commit_every=0)
+
+
+def test_a_schema_without_the_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="the schema of 'results' lacks key 'id'"):
+        SQLite(tmp_path / "x.db", schema={"name": "TEXT"})
+    # The ready-made layer refuses it when declared, before any run.
+    with pytest.raises(ValueError, match="lacks key 'k'"):
+        af.sinks.sqlite(tmp_path / "y.db", key="k", schema={"name": "TEXT"})

@@ -52,6 +52,26 @@ def _quote(name: str) -> str:
     return '"' + name + '"'
 
 
+def _validate(
+    table: str,
+    key: str,
+    schema: Mapping[str, str] | None,
+    commit_every: int,
+    commit_seconds: float,
+) -> None:
+    _check_name("table", table)
+    _check_name("key", key)
+    if schema is not None:
+        for column in schema:
+            _check_name("column", column)
+        if key not in schema:
+            raise ValueError(f"SQLite sink: the schema of {table!r} lacks key {key!r}")
+    if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+        raise ValueError(f"SQLite sink: commit_every must be an int >= 1, got {commit_every!r}")
+    if not commit_seconds > 0:
+        raise ValueError(f"SQLite sink: commit_seconds must be > 0, got {commit_seconds!r}")
+
+
 class SQLite:
     """A collector that upserts dict results into a SQLite table, in batched transactions.
 
@@ -93,20 +113,13 @@ class SQLite:
         commit_seconds: float = 1.0,
         busy_timeout: float = 30.0,
     ) -> None:
-        self.table = _check_name("table", table)
-        self.key = _check_name("key", key)
-        if commit_every < 1:
-            raise ValueError(f"SQLite sink: commit_every must be >= 1, got {commit_every!r}")
-        if not commit_seconds > 0:
-            raise ValueError(f"SQLite sink: commit_seconds must be > 0, got {commit_seconds!r}")
+        _validate(table, key, schema, commit_every, commit_seconds)
+        self.table = table
+        self.key = key
         self.path = os.fspath(path)
         self.commit_every = commit_every
         self.commit_seconds = commit_seconds
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        # Keys written by this instance: a second write of one is a collision, not a replay.
-        self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS _af_seen (k PRIMARY KEY)")
         self._columns: list[str] | None = None
         self._tracks_source = False
         self._insert: dict[tuple[str, ...], str] = {}
@@ -114,10 +127,18 @@ class SQLite:
         self._opened_at = 0.0
         self._failed = False
         self._held: dict[Any, list[Any]] = {}
-        if schema is not None:
-            self._create({_check_name("column", c): str(t) for c, t in schema.items()})
-        else:
-            self._load_columns()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            # Keys written by this instance: a second write of one is a collision, not a replay.
+            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS _af_seen (k PRIMARY KEY)")
+            if schema is not None:
+                self._create({_check_name("column", c): str(t) for c, t in schema.items()})
+            else:
+                self._load_columns()
+        except BaseException:
+            self._conn.close()
+            raise
 
     # --- the table -------------------------------------------------------------------------
 
@@ -327,6 +348,7 @@ def sqlite(
         >>> sqlite3.connect(db).execute("SELECT id, sq FROM results ORDER BY id").fetchall()
         [(0, 0), (1, 1), (2, 4)]
     """
+    _validate(table, key, schema, commit_every, commit_seconds)  # bad declarations fail here
     return Layer(
         SQLite,
         1,
