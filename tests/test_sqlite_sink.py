@@ -149,3 +149,12 @@ def test_a_schema_without_the_key_is_refused(tmp_path: Path) -> None:
     # The ready-made layer refuses it when declared, before any run.
     with pytest.raises(ValueError, match="lacks key 'k'"):
         af.sinks.sqlite(tmp_path / "y.db", key="k", schema={"name": "TEXT"})
+
+
+def test_an_instance_made_outside_the_run_is_refused(tmp_path: Path) -> None:
+    sink = SQLite(tmp_path / "x.db")
+    try:
+        with pytest.raises(TypeError, match="pass the class"):
+            af.run([{"id": 1}], af.Layer(sink))
+    finally:
+        sink.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -120,6 +121,7 @@ class SQLite:
         self.commit_every = commit_every
         self.commit_seconds = commit_seconds
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+        self._thread = threading.get_ident()
         self._columns: list[str] | None = None
         self._tracks_source = False
         self._insert: dict[tuple[str, ...], str] = {}
@@ -175,6 +177,12 @@ class SQLite:
 
     def __call__(self, result: Any) -> None:
         """Write one result (a row, or a list of rows) into the open transaction."""
+        if threading.get_ident() != self._thread:
+            raise TypeError(
+                "SQLite sink: this instance was made outside the run; pass the class,"
+                " af.Layer(af.sinks.SQLite, args=(path,)), or use af.sinks.sqlite(path), so that"
+                " each worker opens its own connection and the run closes (commits) it"
+            )
         self._failed = True  # until this call has succeeded
         self._store(result)
         self._failed = False
