@@ -70,7 +70,7 @@ from ._threads import WorkerThread
 __all__ = ("Checkpoint", "Lineage")
 
 #: Keys recorded by the runtime are written once this many are pending (or at the end).
-_FLUSH_KEYS = 256
+_FLUSH_KEYS = 4096
 _FLUSH_SECONDS = 1.0
 
 
