@@ -99,12 +99,17 @@ class LayerStats:
 
 @dataclass(frozen=True, slots=True)
 class SourceStats:
-    """A frozen snapshot of the source: items produced and time blocked on the first channel."""
+    """A frozen snapshot of the source: items produced and time blocked on the first channel.
+
+    ``running_seconds`` is how long the source ran before it was exhausted or stopped (``None``:
+    as long as the run).
+    """
 
     produced: int
     blocked_seconds: float
     elapsed: float
     exhausted: bool
+    running_seconds: float | None = None
 
     @property
     def blocked_fraction(self) -> float:
