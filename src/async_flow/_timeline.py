@@ -106,7 +106,7 @@ class TimelineRecorder:
         if self._ticks % self._stride == 0:
             self._append(t, layers)
         elif self._queued:
-            # A skipped tick still counts towards the peak fill of the next kept sample.
+            # A skipped tick still counts towards the peak fill of the last kept sample.
             last = self._queued[-1]
             for i, s in enumerate(layers):
                 last[i] = max(last[i], s.queued)
