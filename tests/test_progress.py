@@ -300,7 +300,9 @@ def test_timeline_memory_is_bounded_and_cumulative_counts_survive() -> None:
     snapshots = af.run(range(1), af.Layer(_pass)).layers
     template = snapshots[0]
     for k in range(1, 1001):
-        stats = dataclasses.replace(template, received=k, queued=7 if k == 333 else 0)
+        stats = dataclasses.replace(
+            template, received=k, queued=7 if k == 333 else 0, busy_workers=2 * (k % 2)
+        )
         recorder.tick(k / 10, (stats,))
         assert len(recorder) <= 8
     recorder.final(100.05, (dataclasses.replace(template, received=1000),))
@@ -313,3 +315,5 @@ def test_timeline_memory_is_bounded_and_cumulative_counts_survive() -> None:
     for t, r in zip(timeline.times[:-1], timeline.received[0][:-1], strict=True):
         assert r == round(t * 10)
     assert max(timeline.queued[0]) == 7
+    # Busy workers alternate 0, 2, 0, 2...: every downsampled sample stands for their mean.
+    assert all(b == pytest.approx(1.0) for b in timeline.busy[0][1:-1])

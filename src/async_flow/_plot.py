@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,22 @@ if TYPE_CHECKING:
     from ._report import Report
 
 __all__ = ("plot_report",)
+
+#: Throughput is drawn as the average over this many equal spans of the run.
+BINS = 60
+
+
+def _interpolate(xs: list[float], times: list[float], values: list[int]) -> list[float]:
+    """The piecewise-linear ``values(times)`` at each of the increasing ``xs``."""
+    out: list[float] = []
+    j = 0
+    for x in xs:
+        while j + 1 < len(times) - 1 and times[j + 1] < x:
+            j += 1
+        t0, t1 = times[j], times[min(j + 1, len(times) - 1)]
+        v0, v1 = values[j], values[min(j + 1, len(values) - 1)]
+        out.append(v0 if t1 <= t0 else v0 + (v1 - v0) * min(1.0, max(0.0, (x - t0) / (t1 - t0))))
+    return out
 
 
 def _matplotlib() -> tuple[Any, Any]:
@@ -33,9 +50,16 @@ def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | No
     canvas_cls(fig)
     throughput, fill, busy = fig.subplots(3, 1, sharex=True)
     times = [0.0, *timeline.times]
+    # Throughput over about BINS equal spans: items move in batches, so the rate between two
+    # neighbouring samples is spiky; the cumulative count makes each span's average exact.
+    end = timeline.times[-1]
+    bins = max(1, min(BINS, len(timeline.times)))
+    edges = [end * k / bins for k in range(bins + 1)]
     for i, name in enumerate(timeline.layers):
-        rate = timeline.throughput(i)
-        throughput.step(times, [rate[0], *rate], where="pre", label=name)
+        counts = _interpolate(edges, times, [0, *timeline.received[i]])
+        span = end / bins if end > 0 else 1.0
+        rate = [(b - a) / span for a, b in itertools.pairwise(counts)]
+        throughput.stairs(rate, edges, label=name, baseline=None)
         fill.plot(timeline.times, [100 * f for f in timeline.fill(i)], label=name)
         workers = timeline.busy_workers(i)
         busy.step(
