@@ -121,3 +121,13 @@ def test_the_command_line_runs_the_demo(tmp_path: Path) -> None:
         assert connection.execute("SELECT COUNT(*) FROM files").fetchone() == (5,)
     finally:
         connection.close()
+
+
+def test_ray_without_its_backend_is_a_clear_error(tmp_path: Path) -> None:
+    from async_flow._demo import _available
+
+    if _available("ray"):
+        pytest.skip("the Ray backend is installed here")
+    with pytest.raises(SystemExit, match="'ray' backend is not available"):
+        demo(["--ray", "--limit", "1", "--db", str(tmp_path / "x.db")])
+    assert not (tmp_path / "x.db").exists()

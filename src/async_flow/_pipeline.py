@@ -249,6 +249,14 @@ class Stream(Generic[T]):
     Use it as ``async with`` + ``async for`` in async code, or ``with`` + ``for`` in sync code (the
     run then happens on an event loop in a helper thread that the ``with`` block owns). Leaving the
     block early cancels the run; :attr:`report` is set once the run has ended.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> with af.open_stream(range(3), af.Layer(str, ordered=True)) as stream:
+        ...     items = list(stream)
+        >>> items, stream.report.layers[0].emitted
+        (['0', '1', '2'], 3)
     """
 
     def __init__(

@@ -46,6 +46,15 @@ class LayerProgress:
     far). ``rate`` is items per second over the last few seconds, ``queued``/``maxsize`` the fill
     of its input channel, ``busy_workers`` how many of its ``workers`` hold an item, ``eta`` the
     seconds it needs for the rest at the current rate.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> seen = []
+        >>> _ = af.run(range(4), af.Layer(str, 2, name="text"), progress=seen.append)
+        >>> row = seen[-1].layers[0]
+        >>> row.name, row.workers, row.done, row.total, row.fill
+        ('text', 2, 4, 4, 0.0)
     """
 
     name: str
@@ -271,7 +280,7 @@ class LogProgress(ProgressView):
     Example::
 
         >>> import logging, async_flow as af
-        >>> logging.basicConfig(level=logging.INFO)
+        >>> logging.basicConfig(level=logging.INFO)  # doctest: +SKIP
         >>> _ = af.run(range(5), af.Layer(str), progress=af.LogProgress(interval=10))
         ... # doctest: +SKIP
         INFO:async_flow.progress:async_flow completed 0.0s | str 5/5 ...

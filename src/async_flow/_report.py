@@ -16,7 +16,14 @@ __all__ = ("Failure", "Report")
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """One item that a layer gave up on (skipped or dead-lettered), as plain data."""
+    """One item that a layer gave up on (skipped or dead-lettered), as plain data.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> af.Failure("parse", "'x'", "ValueError", "not a number").to_dict()["layer"]
+        'parse'
+    """
 
     layer: str
     item: str
