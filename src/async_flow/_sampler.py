@@ -140,7 +140,8 @@ class Sampler:
                     rate=rate,
                     queued=s.queued,
                     maxsize=s.maxsize,
-                    busy_workers=s.busy_workers,
+                    # A backend may keep several batches in flight per worker.
+                    busy_workers=min(s.busy_workers, s.workers),
                     eta=eta,
                 )
             )

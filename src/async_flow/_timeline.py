@@ -120,13 +120,14 @@ class TimelineRecorder:
         return len(self._samples)
 
     def _accumulate(self, layers: tuple[LayerStats, ...]) -> None:
+        # A backend may keep several batches in flight per worker: count busy workers.
         if not self._pending:
             self._peak = [s.queued for s in layers]
-            self._busy_sum = [float(s.busy_workers) for s in layers]
+            self._busy_sum = [float(min(s.busy_workers, s.workers)) for s in layers]
         else:
             for i, s in enumerate(layers):
                 self._peak[i] = max(self._peak[i], s.queued)
-                self._busy_sum[i] += s.busy_workers
+                self._busy_sum[i] += min(s.busy_workers, s.workers)
         self._pending += 1
 
     def tick(self, t: float, layers: tuple[LayerStats, ...]) -> None:
@@ -176,7 +177,10 @@ class TimelineRecorder:
             t, layers = now
             samples.append(
                 _Sample(
-                    t, layers, [s.queued for s in layers], [float(s.busy_workers) for s in layers]
+                    t,
+                    layers,
+                    [s.queued for s in layers],
+                    [float(min(s.busy_workers, s.workers)) for s in layers],
                 )
             )
         n = len(names)
