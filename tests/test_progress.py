@@ -301,7 +301,7 @@ def test_timeline_memory_is_bounded_and_cumulative_counts_survive() -> None:
     template = snapshots[0]
     for k in range(1, 1001):
         stats = dataclasses.replace(
-            template, received=k, queued=7 if k == 333 else 0, busy_workers=2 * (k % 2)
+            template, received=k, queued=7 if k == 333 else 0, busy_workers=2 * (k % 2), workers=2
         )
         recorder.tick(k / 10, (stats,))
         assert len(recorder) <= 8
@@ -317,3 +317,12 @@ def test_timeline_memory_is_bounded_and_cumulative_counts_survive() -> None:
     assert max(timeline.queued[0]) == 7
     # Busy workers alternate 0, 2, 0, 2...: every downsampled sample stands for their mean.
     assert all(b == pytest.approx(1.0) for b in timeline.busy[0][1:-1])
+
+
+def test_batches_in_flight_are_not_counted_as_extra_workers() -> None:
+    template = af.run(range(1), af.Layer(_pass, 2)).layers[0]
+    recorder = TimelineRecorder()
+    # Two batches in flight per worker (as the process backend keeps) on a 2-worker layer.
+    recorder.tick(0.1, (dataclasses.replace(template, busy_workers=4),))
+    timeline = recorder.timeline(("p",), (2,), (8,))
+    assert timeline.busy_workers(0) == [2.0]
