@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import threading
@@ -326,3 +327,24 @@ def test_batches_in_flight_are_not_counted_as_extra_workers() -> None:
     recorder.tick(0.1, (dataclasses.replace(template, busy_workers=4),))
     timeline = recorder.timeline(("p",), (2,), (8,))
     assert timeline.busy_workers(0) == [2.0]
+
+
+def test_live_table_is_closed_with_the_outcome_when_the_run_fails() -> None:
+    def fail(x: int) -> int:
+        if x == 3:
+            raise ValueError("bad item")
+        return x
+
+    screen = io.StringIO()
+    console = Console(file=screen, record=True, width=120, force_terminal=True, color_system=None)
+    view = af.LiveProgress(console=console, interval=0.05)
+    with pytest.raises(ValueError, match="bad item"):
+        af.run(range(10), af.Layer(fail, name="fail"), progress=view)
+    text = console.export_text()
+    assert "async_flow failed" in text
+    row = next(
+        line for line in text[text.rindex("async_flow failed") :].splitlines() if "fail " in line
+    )
+    assert row.split()[-3] == "1"  # errors, then queue and busy workers
+    # The live display was stopped: the terminal's cursor is shown again, at the very end.
+    assert screen.getvalue().endswith("\x1b[?25h")
