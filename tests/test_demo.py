@@ -14,6 +14,8 @@ import pytest
 
 from async_flow._demo import analyse, complexity, demo, stdlib_files
 
+DEMO_ARGS = ("--limit", "6", "--workers", "2", "--backend", "thread", "--no-progress")
+
 
 def test_demo_indexes_files_into_sqlite(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
@@ -21,22 +23,10 @@ def test_demo_indexes_files_into_sqlite(tmp_path: Path) -> None:
     png = tmp_path / "run.png"
     out = io.StringIO()
     report = demo(
-        [
-            "--limit",
-            "12",
-            "--workers",
-            "2",
-            "--backend",
-            "thread",
-            "--db",
-            str(db),
-            "--plot",
-            str(png),
-            "--no-progress",
-        ],
+        [*DEMO_ARGS, "--db", str(db), "--plot", str(png)],
         out=out,
     )
-    files = stdlib_files(12)
+    files = stdlib_files(6)
     connection = sqlite3.connect(db)
     try:
         rows = dict(connection.execute("SELECT path, functions FROM files").fetchall())
@@ -63,7 +53,7 @@ def test_demo_indexes_files_into_sqlite(tmp_path: Path) -> None:
     assert "bottleneck:" in text
     assert png.stat().st_size > 0
     assert report.layer("commit").received == report.layer("batch").emitted
-    assert report.layer("analyse").received == 12
+    assert report.layer("analyse").received == 6
 
 
 def test_analyse_scores_branches_and_survives_bad_syntax() -> None:
