@@ -131,6 +131,18 @@ def test_the_example_sentence() -> None:
     )
 
 
+def test_a_collector_behind_a_batch_layer_is_told_to_take_larger_batches() -> None:
+    layers = (
+        _stats("parse", 0.1, 0.0, 0.9),
+        _stats("batch", 0.0, 0.1, 0.9, emitted=10, backend="async"),
+        _stats("save", 0.95, 0.0, 0.0, received=10, emitted=10),
+    )
+    bottleneck = diagnose(layers, _source(0.9))
+    assert bottleneck is not None
+    assert bottleneck.stage == "save"
+    assert bottleneck.advice.endswith("or give it larger batches so it does more per call")
+
+
 def test_a_process_layer_with_a_worker_per_cpu_is_told_to_scale_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

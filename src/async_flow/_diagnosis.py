@@ -69,7 +69,7 @@ def source_busy_fraction(source: SourceStats) -> float:
     return min(1.0, producing / source.elapsed)
 
 
-def _more_workers(stats: LayerStats, last: bool) -> str:
+def _more_workers(stats: LayerStats, last: bool, above: LayerStats | None) -> str:
     name = f"{stats.name!r}"
     cpus = os.cpu_count() or 1
     if stats.backend == "process" and stats.workers >= cpus:
@@ -80,7 +80,10 @@ def _more_workers(stats: LayerStats, last: bool) -> str:
     advice = f"give {name} more workers"
     if stats.backend == "thread":
         advice += " (or backend='process' if it is CPU-bound)"
-    if last:
+    if last and above is not None and 2 * above.emitted <= above.received:
+        # The layer above already groups items (af.batch, or a function that does).
+        advice += ", or give it larger batches so it does more per call"
+    elif last:
         advice += ", or batch its input with af.batch() so it does more per call"
     return advice
 
@@ -115,15 +118,12 @@ def diagnose(layers: tuple[LayerStats, ...], source: SourceStats) -> Bottleneck 
         )
         return Bottleneck("source", -1, busy, advice)
     stats = layers[index]
+    above = layers[index - 1] if index > 0 else None
     advice = f"{stats.name!r} was busy {busy:.0%} of the run"
-    if index == 0:
+    if above is None:
         if source.blocked_fraction >= EVIDENCE:
             advice += f" while the source was blocked on its output {source.blocked_fraction:.0%}"
-    else:
-        above = layers[index - 1]
-        if above.blocked_fraction >= EVIDENCE:
-            advice += (
-                f" while {above.name!r} was blocked on its output {above.blocked_fraction:.0%}"
-            )
-    advice += ": " + _more_workers(stats, last=index == len(layers) - 1)
+    elif above.blocked_fraction >= EVIDENCE:
+        advice += f" while {above.name!r} was blocked on its output {above.blocked_fraction:.0%}"
+    advice += ": " + _more_workers(stats, index == len(layers) - 1, above)
     return Bottleneck(stats.name, index, busy, advice)
