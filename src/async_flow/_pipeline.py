@@ -197,7 +197,7 @@ async def pipeline(
     ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
     terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
     ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
-    the end; an :class:`ProgressView` is used as it is. ``total`` is the number of source items,
+    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
     for the "done of total" column and the ETA when the source has no ``len()``.
 
     Example::
