@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -15,6 +16,7 @@ from rich.console import Console
 import async_flow as af
 from async_flow._progress import format_line, render, resolve_progress
 from async_flow._timeline import TimelineRecorder
+from tests.conftest import run_async
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -348,3 +350,30 @@ def test_live_table_is_closed_with_the_outcome_when_the_run_fails() -> None:
     assert row.split()[-3] == "1"  # errors, then queue and busy workers
     # The live display was stopped: the terminal's cursor is shown again, at the very end.
     assert screen.getvalue().endswith("\x1b[?25h")
+
+
+def test_cancelling_the_run_ends_the_view_with_cancelled() -> None:
+    seen: list[af.ProgressSnapshot] = []
+
+    async def stuck(x: int) -> int:
+        await asyncio.sleep(3600)
+        return x
+
+    async def main() -> None:
+        task: asyncio.Task[af.Report] | None = None
+
+        def on_progress(snapshot: af.ProgressSnapshot) -> None:
+            seen.append(snapshot)
+            # Cancel once the worker is seen holding an item: the run is really under way.
+            if snapshot.layers[0].busy_workers == 1 and task is not None and not task.cancelling():
+                task.cancel()
+
+        task = asyncio.ensure_future(
+            af.pipeline(range(3), af.Layer(stuck), progress=af.CallbackProgress(on_progress, 0.01))
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main())
+    assert seen[-1].status == "cancelled"
+    assert [s.status for s in seen[:-1]] == ["running"] * (len(seen) - 1)
