@@ -121,3 +121,33 @@ def test_ray_without_its_backend_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="'ray' backend is not available"):
         demo(["--ray", "--limit", "1", "--db", str(tmp_path / "x.db")])
     assert not (tmp_path / "x.db").exists()
+
+
+def test_demo_on_worker_processes(tmp_path: Path) -> None:
+    from async_flow._demo import _available
+
+    if not _available("process"):
+        pytest.skip("the process backend is not in this tree")
+    db = tmp_path / "index.db"
+    report = demo(
+        [
+            "--limit",
+            "4",
+            "--workers",
+            "2",
+            "--backend",
+            "process",
+            "--no-progress",
+            "--db",
+            str(db),
+            "--plot",
+            "",
+        ],
+        out=io.StringIO(),
+    )
+    assert report.layer("analyse").backend == "process"
+    connection = sqlite3.connect(db)
+    try:
+        assert connection.execute("SELECT COUNT(*) FROM files").fetchone() == (4,)
+    finally:
+        connection.close()
