@@ -230,3 +230,20 @@ def test_merged_sources_are_keyed_too(tmp_path: Path) -> None:
     )
     assert again.layers[0].received == 2
     assert ledger(db) == set(range(12))
+
+
+def test_an_item_an_error_policy_gave_up_on_is_not_recorded(tmp_path: Path) -> None:
+    """The hook error policies call for a skipped item: its source item stays unfinished."""
+    from async_flow._checkpoint import Lineage
+    from async_flow._keyed import Keyed
+
+    lineage = Lineage(af.Checkpoint(tmp_path / "run.db", key=int), (af.Layer(str), af.Layer(str)))
+    envs = lineage.admit([1, 2])
+    split = [Keyed(1, "a"), Keyed(1, "b")]
+    lineage.after(0, envs[:1], split)
+    lineage.after(0, envs[1:], [Keyed(2, "c")])
+    lineage.drop(split[0])
+    lineage.after(1, split, [])
+    lineage.after(1, [Keyed(2, "c")], [])
+    assert lineage.finished == {2}
+    assert lineage.counts == {1: 1}

@@ -46,8 +46,8 @@ collector holds for items not finished yet. Envelopes are small picklable object
 carries them.
 
 Limits: a layer that reads its whole input (``af.batch``) cannot carry keys and is refused (the
-SQLite sink batches its commits itself); an error policy that drops an item must leave its key
-unfinished, or the item is recorded as done.
+SQLite sink batches its commits itself); an error policy that gives up on an item must report it
+with :meth:`Lineage.drop` so that the item stays unfinished instead of being recorded as done.
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ class Lineage:
         self._pending: list[Any] = []  # finished keys the runtime records itself
         self._at_sink: set[Any] = set()  # keys with rows held by the collector, not final yet
         self._ends: list[Any] = []  # keys the collector must record with the rows it holds
+        self._dropped: set[int] = set()  # envelopes an error policy gave up on (by id)
         self._pending_since = 0.0
         self._thread: WorkerThread | None = None
         self._writing: asyncio.Future[None] | None = None
@@ -349,6 +350,11 @@ class Lineage:
         items.extend(Keyed(key, (), final=True) for key in ends)
         return len(ends)
 
+    def drop(self, env: Keyed) -> None:
+        """An error policy gave up on ``env`` (skipped, dead-lettered): its source item stays
+        unfinished, so it is not recorded and a resumed run does it again."""
+        self._dropped.add(id(env))
+
     def after(self, index: int, items: list[Any], outputs: list[Any]) -> None:
         """A layer turned ``items`` into ``outputs``: update counts, record finished keys."""
         if index == self.last and self.sink_writes_ledger:
@@ -358,7 +364,11 @@ class Lineage:
             for env in outputs:
                 counts[env.key] += 1
         pending = self._pending
+        dropped = self._dropped
         for env in items:
+            if dropped and id(env) in dropped:
+                dropped.discard(id(env))
+                continue  # its count never reaches zero: the item is not recorded
             key = env.key
             left = counts[key] - 1
             if left:
