@@ -210,9 +210,13 @@ class SQLite:
             conn.execute("BEGIN IMMEDIATE")
             self._opened_at = time.monotonic()
         had_table = self._columns is not None
-        if len(rows) == 1 and not final and had_table:
-            # One row is one upsert, atomic by itself (``_write`` undoes its own bookkeeping).
+        if len(rows) == 1 and had_table:
+            # One row is one upsert, atomic by itself (``_write`` undoes its own bookkeeping). The
+            # ledger insert after it cannot conflict; if it fails anyway, so does the run, and the
+            # open transaction is rolled back at close.
             self._write(rows[0], source)
+            if final:
+                conn.execute(f"INSERT OR IGNORE INTO {LEDGER_TABLE} (k) VALUES (?)", (source,))
             self._count_and_commit()
             return
         conn.execute("SAVEPOINT af_call")
