@@ -20,6 +20,7 @@ from ._errors import (
 from ._helpers import batch, flatten
 from ._layer import Layer
 from ._pipeline import Stream, open_stream, pipeline, run
+from ._policy import DeadLetter, Policy, Raise, Retry, Skip
 from ._report import Failure, Report
 from ._source import merge
 from ._stats import LayerStats, SourceStats
@@ -29,12 +30,17 @@ __version__ = "0.1.0"
 __all__ = (
     "AsyncFlowError",
     "ClosedChannelError",
+    "DeadLetter",
     "Failure",
     "ItemTimeout",
     "Layer",
     "LayerStats",
+    "Policy",
+    "Raise",
     "Report",
+    "Retry",
     "SerializationError",
+    "Skip",
     "SourceStats",
     "Stream",
     "TooManyFailures",

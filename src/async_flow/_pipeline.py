@@ -128,6 +128,7 @@ class _Run:
             ),
             elapsed=end - self._started,
             status=self.status,
+            failures=tuple(f for lr in self.layer_runs for f in lr.failures),
         )
 
     def _first_send_blocked(self) -> float:

@@ -13,7 +13,10 @@ __all__ = ("Failure", "Report")
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """One item that a layer gave up on (skipped or dead-lettered), as plain data."""
+    """One item a layer dead-lettered (see :class:`~async_flow.DeadLetter`), as plain data.
+
+    ``item`` is the item's bounded ``repr``; the item itself goes to the dead-letter sink.
+    """
 
     layer: str
     item: str
