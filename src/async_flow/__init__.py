@@ -12,6 +12,7 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
 from ._errors import (
     AsyncFlowError,
     ClosedChannelError,
+    Interrupted,
     ItemTimeout,
     SerializationError,
     TooManyFailures,
@@ -32,6 +33,7 @@ __all__ = (
     "ClosedChannelError",
     "DeadLetter",
     "Failure",
+    "Interrupted",
     "ItemTimeout",
     "Layer",
     "LayerStats",
