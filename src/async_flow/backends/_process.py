@@ -294,8 +294,12 @@ class ProcessBackend(Backend):
             ) from exc
         self._init_payload = pickle.dumps((list(sys.path), layer_bytes))
 
-    async def _spawn(self, index: int) -> _Worker:
-        """Start a worker process and wait until it has built the layer's callable."""
+    async def _spawn(self) -> _Worker:
+        """Start a worker process and wait until it has built the layer's callable.
+
+        Raises :class:`WorkerLost` if the process dies while starting (a replacement that dies
+        counts as one more attempt for the item it was started for).
+        """
         ours, theirs = socket.socketpair()
         try:
             fd = theirs.fileno()
@@ -321,12 +325,8 @@ class ProcessBackend(Backend):
         self._all.append(worker)
         try:
             op, payload = await (await worker.request(INIT, self._init_payload))
-        except WorkerLost as lost:
-            raise WorkerCrashed(
-                f"layer {self.layer.name!r}: worker process {index} died while starting"
-                f" ({describe_exit(lost.exitcode)})",
-                exitcode=lost.exitcode,
-            ) from None
+        except WorkerLost:
+            raise
         except BaseException:
             worker.kill_now()
             raise
@@ -339,7 +339,14 @@ class ProcessBackend(Backend):
     async def open_worker(self, slot: int) -> None:
         state = _Slot(slot)
         self._slots[slot] = state
-        state.worker = await self._spawn(slot)
+        try:
+            state.worker = await self._spawn()
+        except WorkerLost as lost:
+            raise WorkerCrashed(
+                f"layer {self.layer.name!r}: worker process {slot} died while starting"
+                f" ({describe_exit(lost.exitcode)})",
+                exitcode=lost.exitcode,
+            ) from None
 
     async def close_worker(self, slot: int) -> None:
         state = self._slots.pop(slot, None)
@@ -404,7 +411,7 @@ class ProcessBackend(Backend):
                 worker.kill_now()
                 with contextlib.suppress(ValueError):
                     self._all.remove(worker)
-            worker = state.worker = await self._spawn(state.index)
+            worker = state.worker = await self._spawn()
             self.restarts += 1
         return worker
 
