@@ -195,6 +195,17 @@ class Layer(Generic[In, Out]):
         #: an async generator function taking the channel and yielding lists of outputs.
         self.stream: Callable[[Any], AsyncIterator[list[Any]]] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to worker processes and actors without its error policy, which only ever runs
+        # in the parent: a dead-letter sink (an open file, a connection) need not pickle.
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["on_error"] = Raise()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
     @classmethod
     def _from_stream(
         cls,
