@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import async_flow as af
-from tests.conftest import wait_until
+from tests.conftest import LOCAL_BACKENDS, wait_until
 
 STUCK = 3
 
@@ -181,6 +181,55 @@ def twice(x: int) -> Iterator[int]:
 
 
 def test_items_within_their_timeout_are_untouched(backend: str) -> None:
-    got, report = collect(range(200), af.Layer(twice, 3, backend=backend, timeout=30))
-    assert sorted(got) == sorted(list(range(200)) * 2)
+    got, report = collect(range(50), af.Layer(twice, 3, backend=backend, timeout=30))
+    assert sorted(got) == sorted(list(range(50)) * 2)
     assert report.layers[0].timeouts == 0
+
+
+def spin_forever_on_stuck(x: int) -> int:
+    if x == STUCK:
+        while True:
+            pass
+    return x
+
+
+@pytest.mark.skipif("process" not in LOCAL_BACKENDS, reason="no process backend")
+def test_a_stuck_worker_process_is_killed_and_replaced() -> None:
+    got, report = collect(
+        range(8),
+        af.Layer(
+            spin_forever_on_stuck,
+            2,
+            backend="process",
+            timeout=1.0,
+            on_error=af.DeadLetter(),
+        ),
+    )
+    assert sorted(got) == [x for x in range(8) if x != STUCK]
+    stats = report.layers[0]
+    assert (stats.timeouts, stats.dead_letters) == (1, 1)
+    assert stats.restarts == 1
+    assert report.failures[0].item == "3"
+    assert report.failures[0].error_type == "ItemTimeout"
+
+
+def fail_on_stuck(x: int) -> int:
+    if x == STUCK:
+        raise ValueError("stuck")
+    return x
+
+
+@pytest.mark.skipif("process" not in LOCAL_BACKENDS, reason="no process backend")
+def test_a_process_layer_with_an_unpicklable_dead_letter_sink() -> None:
+    lock = threading.Lock()  # cannot be pickled: the policy must stay in this process
+    letters: list[Any] = []
+
+    def sink(item: Any, failure: af.Failure) -> None:
+        with lock:
+            letters.append(item)
+
+    report = af.run(
+        range(8), af.Layer(fail_on_stuck, backend="process", on_error=af.DeadLetter(sink))
+    )
+    assert letters == [STUCK]
+    assert report.layers[0].emitted == 7

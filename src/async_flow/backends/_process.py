@@ -30,6 +30,11 @@ Crashes
     with :class:`~async_flow.WorkerCrashed` naming the layer, the item and the exit signal, and the
     other items go on. ``report.layers[i].restarts`` and ``.retried`` count this.
 
+Timeouts
+    With ``Layer(timeout=...)``, items go to a worker one at a time and each must come back
+    within the timeout (shipping included); a worker that does not answer in time is killed and
+    replaced, and the item fails with :class:`~async_flow.ItemTimeout` under the layer's policy.
+
     An exception raised by the function is not a crash: it comes back as its own type with the
     worker's traceback attached as a note. ``SystemExit`` and ``KeyboardInterrupt`` raised by the
     function travel back like on every other backend (the run re-raises them after clean-up).
@@ -54,7 +59,7 @@ import sys
 from collections import deque
 from typing import Any
 
-from .._calls import BatchResult
+from .._calls import BatchResult, item_timeout
 from .._errors import SerializationError, WorkerCrashed
 from .._layer import Layer
 from ._base import Backend
@@ -390,6 +395,8 @@ class ProcessBackend(Backend):
 
     async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
         state = self._slots[slot]
+        if self.layer.timeout is not None:
+            return await self._run_timed(state, items, self.layer.timeout)
 
         async def run_once(batch: list[Any]) -> BatchResult:
             # A retry (one item, after a crash) runs alone on its worker, so that an innocent
@@ -399,6 +406,53 @@ class ProcessBackend(Backend):
         return await run_with_crash_retry(
             run_once, items, layer=self.layer.name, on_retry=self._count_retry
         )
+
+    async def _run_timed(self, state: _Slot, items: list[Any], per_item: float) -> BatchResult:
+        """Run ``items`` one at a time, each alone on its worker and within ``per_item`` seconds.
+
+        A worker that does not answer in time is killed (replaced on the slot's next use) and the
+        item fails with :class:`~async_flow.ItemTimeout`. The time counted is the round trip: the
+        item's shipping, its call and its result's return.
+        """
+        outputs: list[Any] = []
+        for index, item in enumerate(items):
+            result = await run_with_crash_retry(
+                lambda batch: self._timed_once(state, batch, per_item),
+                [item],
+                layer=self.layer.name,
+                on_retry=self._count_retry,
+            )
+            outputs.extend(result.outputs)
+            if result.error is not None:
+                return BatchResult(outputs, index, result.error)
+        return BatchResult(outputs, len(items), None)
+
+    async def _timed_once(self, state: _Slot, items: list[Any], per_item: float) -> BatchResult:
+        import cloudpickle
+
+        try:
+            payload = cloudpickle.dumps(items)
+        except Exception:  # noqa: BLE001 - find the item at fault
+            return await self._unpicklable_items(state, items, solo=True)
+        async with state.gate:
+            worker = await self._healthy(state)
+            while worker.waiters:
+                await worker.drained()
+                worker = await self._healthy(state)
+            # The clock starts once the worker is free, so time spent queued is not counted.
+            fut = await worker.request(BATCH, payload)
+            await asyncio.wait((fut,), timeout=per_item)
+            if not fut.done():
+                fut.cancel()
+                worker.kill()
+                await worker.wait_exit()
+                return BatchResult([], 0, item_timeout(self.layer.name, per_item))
+            op, reply = fut.result()
+        if op == BAD_BATCH:
+            return await self._one_by_one(state, items, pickle_loads(reply))
+        assert op == RESULT, op
+        outputs, done, error = pickle_loads(reply)
+        return BatchResult(outputs, done, self._remote_error(error, worker.pid) if error else None)
 
     def _count_retry(self, n: int) -> None:
         self.retried += n
