@@ -107,6 +107,22 @@ def test_off_the_main_thread_signals_are_not_touched() -> None:
     assert seen == [before] * 2
 
 
+def test_a_signal_the_program_handles_on_its_loop_is_left_to_it() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+        loop.add_signal_handler(signal.SIGTERM, got.append, 1)
+        try:
+            report = await af.pipeline(range(20), af.Layer(signal_at(5, signal.SIGTERM)))
+            assert report.status == "completed"
+            assert report.layers[0].emitted == 20
+            assert got == [1]
+        finally:
+            assert loop.remove_signal_handler(signal.SIGTERM)
+
+    run_async(main())
+
+
 def test_bad_drain_timeout() -> None:
     with pytest.raises(ValueError, match="drain_timeout"):
         af.run(range(2), af.Layer(str), drain_timeout=-1)

@@ -39,7 +39,9 @@ class Failure:
 class Report:
     """What a pipeline run did: one :class:`LayerStats` per layer, in order.
 
-    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``.
+    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"`` (a signal
+    stopped the run: the report comes with :class:`~async_flow.Interrupted`). ``failures`` holds
+    the dead letters of every layer (see :class:`~async_flow.DeadLetter`).
 
     Example::
 

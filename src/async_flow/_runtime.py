@@ -267,10 +267,12 @@ class LayerRun:
             item = items[done]
             if isinstance(error, ItemTimeout):
                 counters.timeouts += 1
-            if not isinstance(error, Exception) or isinstance(error, _Stopped):
+            if not isinstance(error, Exception):
                 counters.failed += 1
                 self._annotate(error, item)
                 raise Carried(error)
+            if isinstance(error, _Stopped):  # the run is being torn down
+                raise error
             decision = policy.decide(error, failures, self._random.random())
             action = decision.action
             if action is Action.RETRY:

@@ -27,7 +27,9 @@ def watch_signals(on_signal: Callable[[int], None]) -> Iterator[bool]:
     """Call ``on_signal(signum)`` on the running loop for each SIGINT/SIGTERM, inside the block.
 
     Does nothing (and yields False) off the main thread or where the loop cannot watch signals
-    (Windows' proactor loop). The handlers in place before are restored on exit.
+    (Windows' proactor loop). A signal the program already handles on this loop
+    (``loop.add_signal_handler``) is left to it. The handlers in place before are restored on
+    exit.
     """
     loop = asyncio.get_running_loop()
     if threading.current_thread() is not threading.main_thread():
@@ -37,6 +39,8 @@ def watch_signals(on_signal: Callable[[int], None]) -> Iterator[bool]:
     try:
         for sig in SIGNALS:
             before = signal.getsignal(sig)
+            if sig in getattr(loop, "_signal_handlers", {}):
+                continue  # the program handles it on this loop already: leave it alone
             try:
                 loop.add_signal_handler(sig, on_signal, int(sig))
             except (NotImplementedError, RuntimeError, ValueError):
