@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import async_flow as af
 from async_flow._policy import Action
@@ -360,3 +362,38 @@ def test_a_worker_crash_goes_through_the_policy() -> None:
     assert (failure.item, failure.error_type) == ("5", "WorkerCrashed")
     stats = report.layers[0]
     assert stats.received == stats.emitted + stats.failed + stats.skipped
+
+
+# --- property: under any failure pattern, an ordered layer equals the plain loop ---------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(st.integers(-50, 50), max_size=60),
+    bad=st.frozensets(st.integers(-50, 50), max_size=15),
+    workers=st.integers(1, 4),
+    dead_letter=st.booleans(),
+    backend=st.sampled_from(["async", "thread"]),
+)
+def test_ordered_layer_with_failures_equals_the_plain_loop(
+    items: list[int], bad: frozenset[int], workers: int, dead_letter: bool, backend: str
+) -> None:
+    policy: af.Policy = af.DeadLetter() if dead_letter else af.Skip()
+    got, report = collect(
+        items,
+        af.Layer(
+            functools.partial(fails_at, bad),
+            workers,
+            backend=backend,
+            ordered=True,
+            on_error=policy,
+        ),
+    )
+    assert got == [x for x in items if x not in bad]
+    failed = [x for x in items if x in bad]
+    stats = report.layers[0]
+    assert stats.received == len(items) == stats.emitted + stats.failed + stats.skipped
+    if dead_letter:
+        assert sorted(int(f.item) for f in report.failures) == sorted(failed)
+    else:
+        assert stats.skipped == len(failed)
