@@ -232,16 +232,6 @@ def _run_watched_sync(
     return BatchResult(outputs, len(items), None)
 
 
-async def _call_one(call: Callable[[Any], Any], kind: Kind, item: Any) -> list[Any]:
-    if kind is Kind.AMAP:
-        return [await call(item)]
-    if kind is Kind.AFLAT:
-        return [y async for y in call(item)]
-    if kind is Kind.MAP:
-        return [call(item)]
-    return list(call(item))
-
-
 async def _run_watched_async(
     call: Callable[[Any], Any],
     kind: Kind,
@@ -252,26 +242,43 @@ async def _run_watched_async(
     name: str,
 ) -> BatchResult:
     outputs: list[Any] = []
-    for i, item in enumerate(items):
-        if stop is not None and stop.stopped:
-            return BatchResult(outputs, i, _Stopped())
-        if progress is not None and not progress.begin(i, outputs):
-            return BatchResult(outputs, i, _Stopped())
-        deadline = asyncio.timeout(per_item)
-        try:
-            async with deadline:
-                new = await _call_one(call, kind, item)
-        except TimeoutError as exc:
-            # Our deadline, or a TimeoutError of the user's own (which is an ordinary error).
-            expired = deadline.expired() and per_item is not None
-            error: Exception = item_timeout(name, per_item or 0.0) if expired else exc
-            return BatchResult(outputs, i, error)
-        except Exception as exc:  # noqa: BLE001 - handed to the error policy
-            return BatchResult(outputs, i, exc)
-        if progress is None:
-            outputs.extend(new)
-        elif not progress.keep(outputs, new):
-            return BatchResult(outputs, i, _Stopped())
+    loop = asyncio.get_running_loop()
+    # One deadline for the batch, moved at each item: a sync callable on the loop cannot be
+    # interrupted, so it is not timed here.
+    timed = per_item is not None and kind.is_async
+    span = per_item or 0.0
+    deadline = asyncio.timeout(None)
+    i = 0
+    try:
+        async with deadline:
+            for i, item in enumerate(items):
+                if stop is not None and stop.stopped:
+                    return BatchResult(outputs, i, _Stopped())
+                if progress is not None and not progress.begin(i, outputs):
+                    return BatchResult(outputs, i, _Stopped())
+                if timed:
+                    deadline.reschedule(loop.time() + span)
+                if kind is Kind.AMAP:
+                    new = [await call(item)]
+                elif kind is Kind.AFLAT:
+                    new = [y async for y in call(item)]
+                elif kind is Kind.MAP:
+                    new = [call(item)]
+                else:
+                    new = list(call(item))
+                if timed:
+                    deadline.reschedule(None)
+                if progress is None:
+                    outputs.extend(new)
+                elif not progress.keep(outputs, new):
+                    return BatchResult(outputs, i, _Stopped())
+    except TimeoutError as exc:
+        # Our deadline, or a TimeoutError of the user's own (which is an ordinary error).
+        if deadline.expired() and per_item is not None:
+            return BatchResult(outputs, i, item_timeout(name, per_item))
+        return BatchResult(outputs, i, exc)
+    except Exception as exc:  # noqa: BLE001 - handed to the error policy
+        return BatchResult(outputs, i, exc)
     return BatchResult(outputs, len(items), None)
 
 
