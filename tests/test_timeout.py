@@ -104,6 +104,25 @@ def test_a_stuck_thread_is_abandoned_and_replaced(spin: Spin) -> None:
     assert closed == [built[1], built[0]]
 
 
+def test_a_late_result_from_an_abandoned_thread_is_discarded() -> None:
+    gate = threading.Event()
+
+    def late_on_stuck(x: int) -> Any:
+        if x == STUCK:
+            gate.wait()
+            return "late"
+        if x == 7:
+            gate.set()  # runs on the fresh thread, after item 3 was given up
+        return x
+
+    got, report = collect(
+        range(12), af.Layer(late_on_stuck, backend="thread", timeout=0.3, on_error=af.Skip())
+    )
+    assert got == [x for x in range(12) if x != STUCK]
+    assert report.layers[0].skipped == 1
+    assert wait_until(lambda: not _abandoned())
+
+
 def test_timeouts_follow_the_policy_and_can_be_retried() -> None:
     calls: dict[int, int] = {}
 
