@@ -144,8 +144,8 @@ class Skip(_GiveUp):
 
     ``max_failures`` and ``max_fraction`` stop a run that is failing everywhere: the run fails
     with :class:`~async_flow.TooManyFailures` once more than ``max_failures`` items were skipped,
-    or more than ``max_fraction`` of the items the layer has finished (checked once it has
-    finished ``min_items``).
+    or more than ``max_fraction`` of the items the layer has received so far (checked once it has
+    received ``min_items``).
 
     Example::
 

@@ -130,7 +130,6 @@ class LayerRun:
         #: Dead letters of this layer, in the order they failed (for the report).
         self.failures: list[Failure] = []
         self._random = random.Random()
-        self._finished = 0  # items whose batch is through (the threshold's denominator)
 
     # --- statistics -----------------------------------------------------------------------
 
@@ -240,7 +239,6 @@ class LayerRun:
                     counters.busy_workers -= 1
                     counters.busy_seconds += elapsed
                 sizer.observe(elapsed, n)
-                self._finished += n
                 counters.emitted += len(outputs)
                 if reorder is not None:
                     await reorder.put(seq, outputs, outbox)
@@ -282,13 +280,13 @@ class LayerRun:
                 start = done
             elif action is Action.SKIP:
                 counters.skipped += 1
-                self._check_threshold(decision.policy, counters.skipped, done, error, item)
+                self._check_threshold(decision.policy, counters.skipped, error, item)
                 start = done + 1
             elif action is Action.DEAD_LETTER:
                 counters.failed += 1
                 counters.dead_letters += 1
                 await self._dead_letter(decision.policy, item, error)
-                self._check_threshold(decision.policy, counters.dead_letters, done, error, item)
+                self._check_threshold(decision.policy, counters.dead_letters, error, item)
                 start = done + 1
             else:
                 counters.failed += 1
@@ -313,12 +311,12 @@ class LayerRun:
         except WorkerCrashed as crashed:
             return BatchResult([], 0, crashed)
 
-    def _check_threshold(
-        self, policy: Policy, given_up: int, done: int, error: Exception, item: Any
-    ) -> None:
+    def _check_threshold(self, policy: Policy, given_up: int, error: Exception, item: Any) -> None:
         if not isinstance(policy, _GiveUp):
             return
-        reason = policy.exceeded(given_up, self._finished + done + 1)
+        # Measured against every item received so far, including those other workers hold: a
+        # little lenient while batches are in flight, never alarmed by an early burst.
+        reason = policy.exceeded(given_up, self.counters.received)
         if reason is not None:
             raise TooManyFailures(
                 f"layer {self.layer.name!r} gave up: {reason}; last on item {short_repr(item)}:"
