@@ -9,6 +9,7 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
                     af.Layer(save))
 """
 
+from ._diagnosis import Bottleneck
 from ._errors import (
     AsyncFlowError,
     ClosedChannelError,
@@ -22,22 +23,38 @@ from ._helpers import batch, flatten
 from ._layer import Layer
 from ._pipeline import Stream, open_stream, pipeline, run
 from ._policy import DeadLetter, Policy, Raise, Retry, Skip
+from ._progress import (
+    CallbackProgress,
+    LayerProgress,
+    LiveProgress,
+    LogProgress,
+    ProgressSnapshot,
+    ProgressView,
+)
 from ._report import Failure, Report
 from ._source import merge
 from ._stats import LayerStats, SourceStats
+from ._timeline import Timeline
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
+    "Bottleneck",
+    "CallbackProgress",
     "ClosedChannelError",
     "DeadLetter",
     "Failure",
     "Interrupted",
     "ItemTimeout",
     "Layer",
+    "LayerProgress",
     "LayerStats",
+    "LiveProgress",
+    "LogProgress",
     "Policy",
+    "ProgressSnapshot",
+    "ProgressView",
     "Raise",
     "Report",
     "Retry",
@@ -45,6 +62,7 @@ __all__ = (
     "Skip",
     "SourceStats",
     "Stream",
+    "Timeline",
     "TooManyFailures",
     "WorkerCrashed",
     "__version__",

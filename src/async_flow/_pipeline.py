@@ -14,11 +14,13 @@ from typing import Any, Generic, TypeVar
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._errors import Interrupted
 from ._layer import DEFAULT_MAXSIZE, Layer
+from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import LayerRun
+from ._sampler import Sampler
 from ._signals import watch_signals
-from ._source import Merge, SourceCounters, _check_source, feed
-from ._stats import SourceStats
+from ._source import Merge, SourceCounters, _check_source, feed, source_length
+from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
 
 __all__ = ("Stream", "open_stream", "pipeline", "run")
@@ -44,8 +46,16 @@ def _check(source: Any, layers: tuple[Any, ...]) -> None:
 class _Run:
     """One execution of a pipeline: owns its channels, tasks, threads and workers."""
 
-    def __init__(self, source: Any, layers: tuple[Layer[Any, Any], ...]) -> None:
+    def __init__(
+        self,
+        source: Any,
+        layers: tuple[Layer[Any, Any], ...],
+        progress: ProgressOption = None,
+        total: int | None = None,
+    ) -> None:
         _check(source, layers)
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+            raise TypeError(f"total must be an int, got {total!r}")
         self.source = source
         self.layers = layers
         self.source_counters = SourceCounters()
@@ -54,6 +64,12 @@ class _Run:
         self._started = perf_counter()
         self._ended: float | None = None
         self._first_send: SendChannel[Any] | None = None
+        self._source_ended: float | None = None
+        self.sampler = Sampler(
+            self._read_counters,
+            resolve_progress(progress),
+            total if total is not None else source_length(source),
+        )
         # Graceful shutdown (see interrupt()).
         self.drain_timeout = DEFAULT_DRAIN_TIMEOUT
         self.signum: int | None = None
@@ -65,6 +81,7 @@ class _Run:
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
         self._started = perf_counter()
+        self.sampler.restart_clock()
         try:
             return await self._execute(output)
         except Carried as carried:
@@ -107,16 +124,20 @@ class _Run:
                 self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
                 if self.signum is None:
-                    self._source_task = tg.start(
+                    source_task = self._source_task = tg.start(
                         feed(self.source, first_send, self.source_counters, chunk),
                         name="async_flow:source",
                     )
+                    source_task.add_done_callback(self._on_source_done)
+                    work = [source_task]
                 else:  # interrupted while the backends started: read nothing
                     first_send.close()
+                    work = []
                 if drain is not None:
-                    tg.start(_drain(drain), name="async_flow:drain")
+                    work.append(tg.start(_drain(drain), name="async_flow:drain"))
                 for lr in self.layer_runs:
-                    tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}")
+                    work.append(tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}"))
+                tg.start(self.sampler.run(work), name="async_flow:sampler")
             self.status = "completed" if self.signum is None else "interrupted"
         except asyncio.CancelledError:
             self.status = "cancelled"
@@ -156,6 +177,7 @@ class _Run:
         """The report of this run so far (final once the run has ended)."""
         end = self._ended if self._ended is not None else perf_counter()
         blocked = self._first_send_blocked()
+        source_end = self._source_ended if self._source_ended is not None else end
         return Report(
             layers=tuple(lr.snapshot() for lr in self.layer_runs),
             source=SourceStats(
@@ -163,11 +185,19 @@ class _Run:
                 blocked_seconds=blocked,
                 elapsed=end - self._started,
                 exhausted=self.source_counters.exhausted,
+                running_seconds=source_end - self._started,
             ),
             elapsed=end - self._started,
             status=self.status,
+            timeline=self.sampler.timeline(),
             failures=tuple(f for lr in self.layer_runs for f in lr.failures),
         )
+
+    def _read_counters(self) -> tuple[int, tuple[LayerStats, ...]]:
+        return self.source_counters.produced, tuple(lr.snapshot() for lr in self.layer_runs)
+
+    def _on_source_done(self, _: object) -> None:
+        self._source_ended = perf_counter()
 
     def _first_send_blocked(self) -> float:
         if self.layer_runs:
@@ -188,14 +218,19 @@ def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
 
 
 async def _run_handling_signals(
-    source: Source, layers: tuple[Layer[Any, Any], ...], drain_timeout: float, signals: bool
+    source: Source,
+    layers: tuple[Layer[Any, Any], ...],
+    drain_timeout: float,
+    signals: bool,
+    progress: ProgressOption,
+    total: int | None,
 ) -> _Run:
     """Run to the end (or to an interruption); the caller raises :class:`Interrupted`."""
     if isinstance(drain_timeout, bool) or not (
         isinstance(drain_timeout, (int, float)) and drain_timeout >= 0
     ):
         raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout!r}")
-    run = _Run(source, layers)
+    run = _Run(source, layers, progress, total)
     run.drain_timeout = drain_timeout
     if not signals:
         await run.execute(None)
@@ -216,6 +251,8 @@ def _outcome(run: _Run) -> Report:
 async def pipeline(
     source: Source,
     *layers: Layer[Any, Any],
+    progress: ProgressOption = None,
+    total: int | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     handle_signals: bool = True,
 ) -> Report:
@@ -237,6 +274,12 @@ async def pipeline(
     raises :class:`~async_flow.Interrupted`, which carries the report (status ``"interrupted"``).
     The previous signal handlers are restored when the call returns.
 
+    ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
+    terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
+    ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
+    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
+    for the "done of total" column and the ETA when the source has no ``len()``.
+
     Example::
 
         >>> import asyncio, async_flow as af
@@ -249,12 +292,17 @@ async def pipeline(
         >>> report.layers[0].emitted
         100
     """
-    return _outcome(await _run_handling_signals(source, layers, drain_timeout, handle_signals))
+    run = await _run_handling_signals(
+        source, layers, drain_timeout, handle_signals, progress, total
+    )
+    return _outcome(run)
 
 
 def run(
     source: Source,
     *layers: Layer[Any, Any],
+    progress: ProgressOption = None,
+    total: int | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     handle_signals: bool = True,
 ) -> Report:
@@ -262,7 +310,8 @@ def run(
 
     Ctrl-C (SIGINT) or SIGTERM drains the run, a second one aborts it, and the call raises
     :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`); a command-line
-    program exits with its ``exit_code`` (130 for SIGINT).
+    program exits with its ``exit_code`` (130 for SIGINT). ``progress`` and ``total`` are as for
+    :func:`pipeline`.
 
     Example::
 
@@ -281,7 +330,9 @@ def run(
     # Interrupted is raised out here, not from inside the event loop, which treats a
     # KeyboardInterrupt escaping a task as fatal to the loop.
     return _outcome(
-        asyncio.run(_run_handling_signals(source, layers, drain_timeout, handle_signals))
+        asyncio.run(
+            _run_handling_signals(source, layers, drain_timeout, handle_signals, progress, total)
+        )
     )
 
 
@@ -291,10 +342,25 @@ class Stream(Generic[T]):
     Use it as ``async with`` + ``async for`` in async code, or ``with`` + ``for`` in sync code (the
     run then happens on an event loop in a helper thread that the ``with`` block owns). Leaving the
     block early cancels the run; :attr:`report` is set once the run has ended.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> with af.open_stream(range(3), af.Layer(str, ordered=True)) as stream:
+        ...     items = list(stream)
+        >>> items, stream.report.layers[0].emitted
+        (['0', '1', '2'], 3)
     """
 
-    def __init__(self, source: Source, layers: tuple[Layer[Any, Any], ...], maxsize: int) -> None:
-        self._run = _Run(source, layers)
+    def __init__(
+        self,
+        source: Source,
+        layers: tuple[Layer[Any, Any], ...],
+        maxsize: int,
+        progress: ProgressOption = None,
+        total: int | None = None,
+    ) -> None:
+        self._run = _Run(source, layers, progress, total)
         self._maxsize = maxsize
         self._buffer: deque[Any] = deque()
         self._receive: ReceiveChannel[Any] | None = None
@@ -440,12 +506,17 @@ class Stream(Generic[T]):
 
 
 def open_stream(
-    source: Source, *layers: Layer[Any, Any], maxsize: int = DEFAULT_MAXSIZE
+    source: Source,
+    *layers: Layer[Any, Any],
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
 ) -> Stream[Any]:
     """Run a pipeline and consume the last layer's outputs as they come.
 
     ``maxsize`` bounds the output channel: a consumer that stops reading suspends the last layer,
-    which back-pressures the whole pipeline.
+    which back-pressures the whole pipeline. ``progress`` and ``total`` are as for
+    :func:`pipeline`.
 
     Example::
 
@@ -454,4 +525,4 @@ def open_stream(
         ...     print(list(squares))
         [0, 1, 4, 9, 16]
     """
-    return Stream(source, layers, maxsize)
+    return Stream(source, layers, maxsize, progress, total)
