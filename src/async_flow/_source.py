@@ -107,13 +107,21 @@ class SourceCounters:
 
 
 async def _send(out: SendChannel[Any], items: list[Any], counters: SourceCounters) -> bool:
-    """Count and send ``items``; False once the source is asked to stop (nothing more to send)."""
-    if counters.stopping:
-        return False
-    counters.produced += len(items)
+    """Send ``items``, counting each as produced once the channel holds it; False once the source
+    is asked to stop (the items not yet in the channel are then left out)."""
     counters.sending += 1
     try:
-        await out.send_batch(items)
+        pos, end = 0, len(items)
+        while pos < end:
+            if counters.stopping:
+                return False
+            # No more than fits now (at least one, which waits for room), so that a stop request
+            # never waits for a whole chunk that the pipeline has not taken yet.
+            stats = out.statistics()
+            piece = items[pos : pos + max(1, stats.maxsize - stats.buffered)]
+            await out.send_batch(piece)
+            counters.produced += len(piece)
+            pos += len(piece)
     finally:
         counters.sending -= 1
     return not counters.stopping
