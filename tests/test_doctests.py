@@ -12,6 +12,7 @@ MODULES = [
     "async_flow._helpers",
     "async_flow._layer",
     "async_flow._pipeline",
+    "async_flow._policy",
     "async_flow._source",
     "async_flow._progress",
     "async_flow._report",

@@ -17,6 +17,7 @@ from ._errors import (
     CheckpointMismatch,
     ClosedChannelError,
     DuplicateKey,
+    Interrupted,
     ItemTimeout,
     SerializationError,
     TooManyFailures,
@@ -25,6 +26,7 @@ from ._errors import (
 from ._helpers import batch, flatten
 from ._layer import Layer
 from ._pipeline import Stream, open_stream, pipeline, run
+from ._policy import DeadLetter, Policy, Raise, Retry, Skip
 from ._progress import (
     CallbackProgress,
     LayerProgress,
@@ -47,18 +49,24 @@ __all__ = (
     "Checkpoint",
     "CheckpointMismatch",
     "ClosedChannelError",
+    "DeadLetter",
     "DuplicateKey",
     "Failure",
+    "Interrupted",
     "ItemTimeout",
     "Layer",
     "LayerProgress",
     "LayerStats",
     "LiveProgress",
     "LogProgress",
+    "Policy",
     "ProgressSnapshot",
     "ProgressView",
+    "Raise",
     "Report",
+    "Retry",
     "SerializationError",
+    "Skip",
     "SourceStats",
     "Stream",
     "Timeline",

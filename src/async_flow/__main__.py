@@ -25,9 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from ._demo import demo
+        from ._errors import Interrupted
 
         _log_progress_to_stderr()
-        demo(rest)
+        try:
+            demo(rest)
+        except Interrupted as stop:  # Ctrl-C: drained (or aborted); exit as shells expect
+            print(stop.report, file=sys.stderr)
+            return stop.exit_code
     return 0
 
 

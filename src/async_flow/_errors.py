@@ -11,15 +11,25 @@ note (PEP 678) naming the layer and the item. The types below are for what only 
      ├── SerializationError         a function, item or result could not be shipped to a worker
      ├── DuplicateKey               two items claim the same key (source key or stored row key)
      └── CheckpointMismatch         a checkpoint was made by a different pipeline
+
+    KeyboardInterrupt
+     └── Interrupted                a run stopped by SIGINT or SIGTERM; carries its report
 """
 
 from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._report import Report
 
 __all__ = (
     "AsyncFlowError",
     "CheckpointMismatch",
     "ClosedChannelError",
     "DuplicateKey",
+    "Interrupted",
     "ItemTimeout",
     "SerializationError",
     "TooManyFailures",
@@ -86,3 +96,39 @@ class CheckpointMismatch(AsyncFlowError):
 
     Pass ``Checkpoint(..., resume_changed=True)`` to resume anyway.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was stopped by SIGINT or SIGTERM. Raised by :func:`~async_flow.run` and
+    :func:`~async_flow.pipeline` once everything the run started has stopped.
+
+    The first signal drains the run: the source stops, and the items already inside are finished
+    and collected (``drained`` is True if that completed within the drain timeout). A second
+    signal, or the drain timeout, aborts: every worker is stopped at once (``drained`` is False).
+    ``report`` (status ``"interrupted"``) says how far the run got.
+
+    It derives from ``KeyboardInterrupt``, not :class:`AsyncFlowError`, so that ``except
+    Exception`` does not swallow a Ctrl-C. A command-line program should exit with
+    :attr:`exit_code` (130 after SIGINT, 143 after SIGTERM, as shells expect)::
+
+        try:
+            report = af.run(source, *layers)
+        except af.Interrupted as stop:
+            print(stop.report, file=sys.stderr)
+            sys.exit(stop.exit_code)
+    """
+
+    def __init__(self, report: Report, signum: int, *, drained: bool) -> None:
+        name = signal.Signals(signum).name
+        how = "drained" if drained else "aborted"
+        super().__init__(
+            f"run interrupted by {name} ({how}): {report.source.produced} source items read"
+        )
+        self.report = report
+        self.signum = signum
+        self.drained = drained
+
+    @property
+    def exit_code(self) -> int:
+        """The conventional exit status for the signal: 128 + its number."""
+        return 128 + self.signum

@@ -13,11 +13,13 @@ from typing import Any, Generic, TypeVar
 
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._checkpoint import Checkpoint, Lineage
+from ._errors import Interrupted
 from ._layer import DEFAULT_MAXSIZE, Layer
 from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import LayerRun
 from ._sampler import Sampler
+from ._signals import watch_signals
 from ._source import Merge, SourceCounters, _check_source, feed, source_length
 from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
@@ -27,6 +29,9 @@ __all__ = ("Stream", "open_stream", "pipeline", "run")
 T = TypeVar("T")
 
 Source = Iterable[Any] | AsyncIterable[Any] | Merge[Any]
+
+#: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 def _check(source: Any, layers: tuple[Any, ...]) -> None:
@@ -68,6 +73,13 @@ class _Run:
             resolve_progress(progress),
             total if total is not None else source_length(source),
         )
+        # Graceful shutdown (see interrupt()).
+        self.drain_timeout = DEFAULT_DRAIN_TIMEOUT
+        self.signum: int | None = None
+        self.aborted = False
+        self._tg: TaskGroup | None = None
+        self._source_task: asyncio.Task[None] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
@@ -126,19 +138,24 @@ class _Run:
                 await lr.backend.start()
                 started.append(lr)
             async with TaskGroup() as tg:
+                self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
-                source_task = tg.start(
-                    feed(self.source, feed_into, self.source_counters, chunk),
-                    name="async_flow:source",
-                )
-                source_task.add_done_callback(self._on_source_done)
-                work = [source_task]
+                if self.signum is None:
+                    source_task = self._source_task = tg.start(
+                        feed(self.source, feed_into, self.source_counters, chunk),
+                        name="async_flow:source",
+                    )
+                    source_task.add_done_callback(self._on_source_done)
+                    work = [source_task]
+                else:  # interrupted while the backends started: read nothing
+                    feed_into.close()
+                    work = []
                 if drain is not None:
                     work.append(tg.start(_drain(drain), name="async_flow:drain"))
                 for lr in self.layer_runs:
                     work.append(tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}"))
                 tg.start(self.sampler.run(work), name="async_flow:sampler")
-            self.status = "completed"
+            self.status = "completed" if self.signum is None else "interrupted"
         except asyncio.CancelledError:
             self.status = "cancelled"
             raise
@@ -146,10 +163,32 @@ class _Run:
             self.status = "failed"
             raise
         finally:
+            self._tg = None
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
             self._ended = perf_counter()
             for lr in started:
                 await finish(lr.backend.aclose())
         return self.report()
+
+    def interrupt(self, signum: int) -> None:
+        """A signal arrived: the first one drains the run, a second one aborts it.
+
+        Draining stops the source (closing the first channel, so end-of-stream flows down once
+        the items inside are through) and arms the drain timeout; aborting cancels every task.
+        """
+        if self.signum is not None:
+            self._abort()
+            return
+        self.signum = signum
+        if self._source_task is not None:
+            self.source_counters.request_stop(self._source_task.cancel)
+        self._abort_timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self.aborted = True
+        if self._tg is not None:
+            self._tg.cancel()
 
     def report(self) -> Report:
         """The report of this run so far (final once the run has ended)."""
@@ -168,6 +207,7 @@ class _Run:
             elapsed=end - self._started,
             status=self.status,
             timeline=self.sampler.timeline(),
+            failures=tuple(f for lr in self.layer_runs for f in lr.failures),
         )
 
     def _read_counters(self) -> tuple[int, tuple[LayerStats, ...]]:
@@ -194,12 +234,46 @@ def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
     return lambda: next_recv.blocked_seconds
 
 
+async def _run_handling_signals(
+    source: Source,
+    layers: tuple[Layer[Any, Any], ...],
+    drain_timeout: float,
+    signals: bool,
+    progress: ProgressOption,
+    total: int | None,
+    checkpoint: Checkpoint | None,
+) -> _Run:
+    """Run to the end (or to an interruption); the caller raises :class:`Interrupted`."""
+    if isinstance(drain_timeout, bool) or not (
+        isinstance(drain_timeout, (int, float)) and drain_timeout >= 0
+    ):
+        raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout!r}")
+    run = _Run(source, layers, progress, total, checkpoint)
+    run.drain_timeout = drain_timeout
+    if not signals:
+        await run.execute(None)
+        return run
+    with watch_signals(run.interrupt):
+        await run.execute(None)
+    return run
+
+
+def _outcome(run: _Run) -> Report:
+    report = run.report()
+    if run.signum is not None:
+        # Even if the run happened to complete meanwhile: the caller asked to stop.
+        raise Interrupted(report, run.signum, drained=not run.aborted)
+    return report
+
+
 async def pipeline(
     source: Source,
     *layers: Layer[Any, Any],
     progress: ProgressOption = None,
     total: int | None = None,
     checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
 ) -> Report:
     """Run ``source`` through ``layers`` to the end and return the :class:`Report`.
 
@@ -207,10 +281,17 @@ async def pipeline(
     suspends the producer, so memory stays flat however long the source is. The last layer is the
     collector: its outputs are counted and dropped (use :func:`open_stream` to consume them).
 
-    The first exception in the source or any layer stops the run: the source stops, every worker
-    is cancelled, and the exception is re-raised as itself with a note naming the layer and item.
-    Cancelling the awaiting task stops everything the same way. Nothing the run started (tasks,
-    threads, processes, actors) outlives the call.
+    The first exception in the source or any layer stops the run (unless the layer's error policy
+    keeps it going): the source stops, every worker is cancelled, and the exception is re-raised
+    as itself with a note naming the layer and item. Cancelling the awaiting task stops
+    everything the same way. Nothing the run started (tasks, threads, processes, actors)
+    outlives the call.
+
+    On the main thread (and with ``handle_signals``), the first SIGINT or SIGTERM drains the run:
+    the source stops and the items already inside are finished and collected, for at most
+    ``drain_timeout`` seconds; a second signal (or the timeout) aborts it. Either way the call
+    raises :class:`~async_flow.Interrupted`, which carries the report (status ``"interrupted"``).
+    The previous signal handlers are restored when the call returns.
 
     ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
     terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
@@ -233,7 +314,10 @@ async def pipeline(
         >>> report.layers[0].emitted
         100
     """
-    return await _Run(source, layers, progress, total, checkpoint).execute(None)
+    run = await _run_handling_signals(
+        source, layers, drain_timeout, handle_signals, progress, total, checkpoint
+    )
+    return _outcome(run)
 
 
 def run(
@@ -242,11 +326,15 @@ def run(
     progress: ProgressOption = None,
     total: int | None = None,
     checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
 ) -> Report:
     """Run a pipeline from synchronous code (``asyncio.run`` around :func:`pipeline`).
 
-    Ctrl-C cancels the run, stops every worker, and raises ``KeyboardInterrupt``. ``progress``
-    and ``total`` are as for :func:`pipeline`.
+    Ctrl-C (SIGINT) or SIGTERM drains the run, a second one aborts it, and the call raises
+    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`); a command-line
+    program exits with its ``exit_code`` (130 for SIGINT). ``progress`` and ``total`` are as for
+    :func:`pipeline`.
 
     Example::
 
@@ -262,8 +350,14 @@ def run(
         raise RuntimeError(
             "af.run() cannot be called from a running event loop: await af.pipeline()"
         )
-    return asyncio.run(
-        pipeline(source, *layers, progress=progress, total=total, checkpoint=checkpoint)
+    # Interrupted is raised out here, not from inside the event loop, which treats a
+    # KeyboardInterrupt escaping a task as fatal to the loop.
+    return _outcome(
+        asyncio.run(
+            _run_handling_signals(
+                source, layers, drain_timeout, handle_signals, progress, total, checkpoint
+            )
+        )
     )
 
 

@@ -16,7 +16,9 @@ __all__ = ("Failure", "Report")
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """One item that a layer gave up on (skipped or dead-lettered), as plain data.
+    """One item a layer dead-lettered (see :class:`~async_flow.DeadLetter`), as plain data.
+
+    ``item`` is the item's bounded ``repr``; the item itself goes to the dead-letter sink.
 
     Example::
 
@@ -46,7 +48,9 @@ class Failure:
 class Report:
     """What a pipeline run did: one :class:`LayerStats` per layer, in order.
 
-    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``.
+    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"`` (a signal
+    stopped the run: the report comes with :class:`~async_flow.Interrupted`). ``failures`` holds
+    the dead letters of every layer (see :class:`~async_flow.DeadLetter`).
     :attr:`bottleneck` names the stage that limited throughput and what to change;
     :attr:`timeline` holds the counters sampled during the run, which :meth:`plot` draws.
 
