@@ -9,6 +9,7 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
                     af.Layer(save))
 """
 
+from ._autoscale import Auto, ScalingEvent
 from ._errors import (
     AsyncFlowError,
     ClosedChannelError,
@@ -28,12 +29,14 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
+    "Auto",
     "ClosedChannelError",
     "Failure",
     "ItemTimeout",
     "Layer",
     "LayerStats",
     "Report",
+    "ScalingEvent",
     "SerializationError",
     "SourceStats",
     "Stream",

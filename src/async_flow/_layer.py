@@ -8,6 +8,8 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+from ._autoscale import Auto
+
 __all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
 
 In = TypeVar("In")
@@ -76,7 +78,9 @@ class Layer(Generic[In, Out]):
 
     Args:
         fn: the per-item callable, or a class whose instances are.
-        workers: how many items the layer works on at once (threads, tasks, processes, actors).
+        workers: how many items the layer works on at once (threads, tasks, processes, actors),
+            or :class:`~async_flow.Auto` to let the run find the count (``workers`` is then the
+            starting count and ``autoscale`` holds the bounds).
         backend: where ``fn`` runs: ``"async"`` (default for coroutine and async generator
             functions), ``"thread"`` (default for plain and generator functions), ``"process"``
             or ``"ray"``.
@@ -100,6 +104,7 @@ class Layer(Generic[In, Out]):
 
     __slots__ = (
         "args",
+        "autoscale",
         "backend",
         "fn",
         "is_class",
@@ -116,7 +121,7 @@ class Layer(Generic[In, Out]):
     def __init__(
         self,
         fn: Callable[..., Any],
-        workers: int = 1,
+        workers: int | Auto = 1,
         *,
         backend: str | None = None,
         maxsize: int | None = None,
@@ -129,6 +134,9 @@ class Layer(Generic[In, Out]):
         label = name or _describe(fn)
         if not callable(fn):
             raise TypeError(f"Layer {label!r}: fn must be callable, got {type(fn).__name__}")
+        autoscale = workers if isinstance(workers, Auto) else None
+        if autoscale is not None:
+            workers = autoscale.start if autoscale.start is not None else autoscale.min
         if isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"Layer {label!r}: workers must be an int, got {workers!r}")
         if workers < 1:
@@ -157,10 +165,13 @@ class Layer(Generic[In, Out]):
 
         self.fn = fn
         self.workers = workers
+        #: The bounds the run scales ``workers`` within, or None for a fixed count.
+        self.autoscale: Auto | None = autoscale
         self.kind = kind
         self.is_class = is_class
         self.backend: str = backend or ("async" if kind.is_async else "thread")
-        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * workers)
+        most = autoscale.max if autoscale is not None and autoscale.max is not None else workers
+        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * most)
         self.ordered = ordered
         self.name = label
         self.args = tuple(args)
@@ -185,7 +196,8 @@ class Layer(Generic[In, Out]):
 
     def __repr__(self) -> str:
         extra = ", ordered=True" if self.ordered else ""
+        workers = repr(self.autoscale) if self.autoscale is not None else str(self.workers)
         return (
-            f"Layer({self.name!r}, workers={self.workers}, backend={self.backend!r},"
+            f"Layer({self.name!r}, workers={workers}, backend={self.backend!r},"
             f" maxsize={self.maxsize}{extra})"
         )

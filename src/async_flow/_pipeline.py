@@ -11,6 +11,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._autoscale import Autoscaler
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._layer import DEFAULT_MAXSIZE, Layer
 from ._report import Report
@@ -49,6 +50,7 @@ class _Run:
         self._started = perf_counter()
         self._ended: float | None = None
         self._first_send: SendChannel[Any] | None = None
+        self.autoscaler: Autoscaler | None = None
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
@@ -84,6 +86,8 @@ class _Run:
             self.layer_runs.append(
                 LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
             )
+        scaler = Autoscaler(self.layer_runs)
+        self.autoscaler = scaler if scaler.active else None
         started: list[LayerRun] = []
         try:
             # Backends start before the source is read, so that a layer that cannot run fails
@@ -101,6 +105,8 @@ class _Run:
                     tg.start(_drain(drain), name="async_flow:drain")
                 for lr in self.layer_runs:
                     tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}")
+                if self.autoscaler is not None:
+                    tg.start(self.autoscaler.run(), name="async_flow:autoscale")
             self.status = "completed"
         except asyncio.CancelledError:
             self.status = "cancelled"
@@ -128,6 +134,7 @@ class _Run:
             ),
             elapsed=end - self._started,
             status=self.status,
+            scaling=tuple(self.autoscaler.events) if self.autoscaler is not None else (),
         )
 
     def _first_send_blocked(self) -> float:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._autoscale import ScalingEvent
 from ._stats import LayerStats, SourceStats
 
 __all__ = ("Failure", "Report")
@@ -37,6 +38,8 @@ class Report:
     """What a pipeline run did: one :class:`LayerStats` per layer, in order.
 
     ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``.
+    ``scaling`` lists the worker-count decisions of autoscaled layers (see :class:`Auto`), oldest
+    first; :meth:`workers_over_time` turns them into one layer's steps.
 
     Example::
 
@@ -51,6 +54,7 @@ class Report:
     elapsed: float
     status: str = "completed"
     failures: tuple[Failure, ...] = field(default_factory=tuple)
+    scaling: tuple[ScalingEvent, ...] = field(default_factory=tuple)
 
     def layer(self, name: str) -> LayerStats:
         """The stats of the layer called ``name`` (``KeyError`` if there is none)."""
@@ -58,6 +62,18 @@ class Report:
             if stats.name == name:
                 return stats
         raise KeyError(name)
+
+    def workers_over_time(self, name: str) -> list[tuple[float, int]]:
+        """``(seconds since the start, worker count)`` at each change of autoscaled layer ``name``.
+
+        The first point is the starting count; the count holds until the next point. Empty for a
+        layer with a fixed count.
+        """
+        points: list[tuple[float, int]] = []
+        for event in self.scaling:
+            if event.layer == name and (event.change or not points):
+                points.append((event.time, event.workers))
+        return points
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for JSON."""
@@ -67,6 +83,7 @@ class Report:
             "source": self.source.to_dict(),
             "layers": [s.to_dict() for s in self.layers],
             "failures": [f.to_dict() for f in self.failures],
+            "scaling": [e.to_dict() for e in self.scaling],
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -100,6 +117,13 @@ class Report:
             f" {self.source.produced} source items"
         )
         out = [title, line(head), *(line(r) for r in rows)]
+        for name in dict.fromkeys(e.layer for e in self.scaling):
+            steps = self.workers_over_time(name)
+            counts = [n for _, n in steps]
+            out.append(
+                f"autoscaled {name}: {counts[0]} -> {counts[-1]} workers"
+                f" (min {min(counts)}, max {max(counts)}, {len(steps) - 1} change(s))"
+            )
         if self.failures:
             out.append(f"{len(self.failures)} failed item(s):")
             out.extend(
