@@ -42,6 +42,7 @@ __all__ = (
     "ManualClock",
     "ScalingEvent",
     "available_cpus",
+    "current_clock",
     "use_clock",
 )
 
@@ -206,9 +207,14 @@ _CLOCK: contextvars.ContextVar[Clock | None] = contextvars.ContextVar(
 )
 
 
+def current_clock() -> Clock | None:
+    """The clock set by :func:`use_clock` here, or None for the event loop's."""
+    return _CLOCK.get()
+
+
 @contextlib.contextmanager
 def use_clock(clock: Clock) -> Iterator[Clock]:
-    """Runs started inside the block time their autoscaling on ``clock``."""
+    """Runs declared inside the block time their autoscaling on ``clock``."""
     token = _CLOCK.set(clock)
     try:
         yield clock

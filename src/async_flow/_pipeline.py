@@ -11,7 +11,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._autoscale import Autoscaler
+from ._autoscale import Autoscaler, current_clock
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._layer import DEFAULT_MAXSIZE, Layer
 from ._report import Report
@@ -51,6 +51,7 @@ class _Run:
         self._ended: float | None = None
         self._first_send: SendChannel[Any] | None = None
         self.autoscaler: Autoscaler | None = None
+        self._clock = current_clock()  # where the run is declared, for tests' manual clocks
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
@@ -86,7 +87,7 @@ class _Run:
             self.layer_runs.append(
                 LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
             )
-        scaler = Autoscaler(self.layer_runs)
+        scaler = Autoscaler(self.layer_runs, clock=self._clock)
         self.autoscaler = scaler if scaler.active else None
         started: list[LayerRun] = []
         try:
