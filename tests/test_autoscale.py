@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,79 @@ def test_random_scaling_loses_and_duplicates_nothing(
 def local_backend(request: pytest.FixtureRequest) -> str:
     """In-process backends (the property test shares a Python list with its workers)."""
     return str(request.param)
+
+
+# --- the CPU budget (process backend) ----------------------------------------------------------
+
+
+def wait_for_file(path: str) -> Callable[[int], int]:
+    """A per-item function that holds its worker until ``path`` exists (works across processes)."""
+
+    def held(x: int) -> int:
+        while not os.path.exists(path):
+            time.sleep(0.005)
+        return x
+
+    return held
+
+
+def test_fixed_cpu_layers_hold_their_share_of_the_budget() -> None:
+    async def main() -> None:
+        from async_flow._channel import open_channel
+        from async_flow._runtime import LayerRun
+
+        def make(layer: af.Layer[Any, Any]) -> LayerRun:
+            _, receive = open_channel(4)
+            return LayerRun(0, layer, receive, None, lambda: 0.0)
+
+        runs = [
+            make(af.Layer(double, 3, backend="process")),
+            make(af.Layer(double, af.Auto(), backend="process")),
+            make(af.Layer(double, af.Auto(min=2), backend="process")),
+        ]
+        scaler = Autoscaler(runs, cpus=8)
+        assert scaler.budget == 5
+        assert [m.high for m in scaler._managed] == [5, 5]  # a shared budget, not 5 each
+        # Never below min, even on a machine with fewer cores than min asks for.
+        assert [m.high for m in Autoscaler(runs, cpus=2)._managed] == [1, 2]
+
+    run_async(main())
+
+
+@pytest.mark.slow
+def test_process_layers_never_grow_past_the_cores(tmp_path: Path) -> None:
+    gate = tmp_path / "open"
+    cpus = available_cpus()
+
+    async def main() -> None:
+        layer = af.Layer(
+            wait_for_file(str(gate)),
+            af.Auto(min=1, max=cpus + 4),
+            backend="process",
+            maxsize=4,
+            name="cpu",
+        )
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(range(30), layer)
+        try:
+            async with stream:
+
+                def saturated() -> bool:
+                    s = stats(stream, "cpu")
+                    return s is not None and s.busy_workers >= s.workers and s.queued == 4
+
+                for _ in range(cpus + 2):
+                    await until(saturated, "every worker busy, full channel")
+                    await look(clock, 1 + UP_AFTER)
+                held = [e for e in stream.report.scaling if "CPU budget" in e.reason]
+                assert held, stream.report.scaling
+                assert stream.report.layer("cpu").workers == cpus
+                assert max(n for _, n in stream.report.workers_over_time("cpu")) == cpus
+                gate.touch()
+                outputs = [x async for x in stream]
+        finally:
+            gate.touch()
+        assert sorted(outputs) == list(range(30))
+
+    run_async(main())
