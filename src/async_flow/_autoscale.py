@@ -52,11 +52,11 @@ CPU_BOUND_BACKENDS = frozenset({"process", "ray"})
 DEFAULT_MAX = {"async": 256, "thread": 64}
 
 #: Seconds between two looks at the layers.
-INTERVAL = 0.2
+INTERVAL = 0.1
 #: Consecutive looks a layer must be short of workers before it gets more.
 UP_AFTER = 2
 #: Consecutive looks a layer must starve before it loses workers (slower: adding back costs more).
-DOWN_AFTER = 4
+DOWN_AFTER = 5
 #: Busy share of the workers at which a pressed layer counts as short of workers.
 BUSY = 0.8
 #: Busy share the remaining workers may reach after a retirement.
