@@ -318,6 +318,40 @@ def test_real_clock_run_grows_a_slow_layer_and_reports_it() -> None:
     assert report.to_dict()["scaling"][0]["reason"] == "start"
 
 
+def fail_on_77(x: int) -> int:
+    if x == 77:
+        raise ValueError("77 is bad")
+    return x
+
+
+def test_an_error_in_an_autoscaled_layer_stops_the_controller_too(backend: str) -> None:
+    with pytest.raises(ValueError, match="77 is bad") as info:
+        af.run(range(1000), af.Layer(fail_on_77, af.Auto(max=4), backend=backend, name="f"))
+    assert any("layer 'f'" in note for note in info.value.__notes__)
+
+
+def test_cancelling_a_run_stops_the_controller_and_the_added_workers() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        never = asyncio.Event()
+
+        async def held(x: int) -> int:
+            await never.wait()
+            return x
+
+        with use_clock(clock):
+            task = asyncio.ensure_future(
+                af.pipeline(range(100), af.Layer(held, af.Auto(max=8), maxsize=4, name="h"))
+            )
+        await clock.wait_for_timers()
+        await look(clock, 1 + UP_AFTER)  # grows to 2 workers
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main())
+
+
 # --- workers coming and going: nothing lost, nothing twice ------------------------------------
 
 
