@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer items, smaller grid")
     parser.add_argument("--pipelines", default="steady,shifting")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     cpus = available_cpus()
     n = args.items or (1500 if args.quick else 3000)
     io_grid = (8, 32) if args.quick else (4, 16, 64)

@@ -59,8 +59,11 @@ UP_AFTER = 2
 DOWN_AFTER = 5
 #: Busy share of the workers at which a pressed layer counts as short of workers.
 BUSY = 0.8
-#: Busy share the remaining workers may reach after a retirement.
-TARGET = 0.7
+#: Busy share the remaining workers may reach after a retirement: CPU-bound workers cost a core
+#: each, so they run fuller; other workers are cheap, so they keep more headroom.
+TARGET = {True: 0.7, False: 0.5}
+#: A layer that grows right after shrinking waits this many times longer before its next shrink.
+FLAP_BACKOFF = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +298,9 @@ class _Look:
         """Pressed, busy and not held up by the layer below: more workers would help."""
         return self.pressed and self.util >= BUSY and self.blocked < 0.2
 
-    def starving(self, workers: int) -> bool:
-        """The work would keep one worker fewer busy at most :data:`TARGET`."""
-        return workers > 1 and self.load <= TARGET * (workers - 1)
+    def starving(self, workers: int, target: float) -> bool:
+        """The work would keep one worker fewer busy at most ``target``."""
+        return workers > 1 and self.load <= target * (workers - 1)
 
     def describe(self) -> str:
         return (
@@ -312,8 +315,10 @@ class _Managed:
     __slots__ = (
         "blocked_noted",
         "cooldown",
+        "down_after",
         "high",
         "last",
+        "last_change",
         "last_upstream",
         "low",
         "run",
@@ -333,6 +338,12 @@ class _Managed:
         self.starving_for = 0
         self.cooldown = 0
         self.blocked_noted = False
+        self.down_after = DOWN_AFTER
+        self.last_change = 0
+
+    @property
+    def target(self) -> float:
+        return TARGET[self.weight > 0]
 
     @property
     def workers(self) -> int:
@@ -442,10 +453,10 @@ class Autoscaler:
                 m.starving_for = 0
                 if m.short_for >= UP_AFTER:
                     wanting.append((m, look))
-            elif look.starving(workers) and workers > m.low:
+            elif look.starving(workers, m.target) and workers > m.low:
                 m.starving_for += 1
                 m.short_for = 0
-                if m.starving_for >= DOWN_AFTER:
+                if m.starving_for >= m.down_after:
                     self._shrink(m, look)
             else:
                 m.short_for = m.starving_for = 0
@@ -491,19 +502,23 @@ class Autoscaler:
             return
         added = m.run.add_workers(step)
         if added:
-            self._changed(m)
+            if m.last_change < 0:
+                # Growing back what was just retired: be slower to retire next time.
+                m.down_after = min(m.down_after * FLAP_BACKOFF, DOWN_AFTER * FLAP_BACKOFF**3)
+            self._changed(m, added)
             self._record(m, added, f"{look.describe()} for {UP_AFTER} looks")
 
     def _shrink(self, m: _Managed, look: _Look) -> None:
         workers = m.workers
-        needed = math.ceil(look.load / TARGET) if look.load > 0 else 0
+        needed = math.ceil(look.load / m.target) if look.load > 0 else 0
         target = max(m.low, needed, workers - max(1, workers // 2))
         retired = m.run.retire_workers(workers - target)
         if retired:
-            self._changed(m)
-            self._record(m, -retired, f"{look.describe()} for {DOWN_AFTER} looks")
+            self._changed(m, -retired)
+            self._record(m, -retired, f"{look.describe()} for {m.down_after} looks")
 
-    def _changed(self, m: _Managed) -> None:
+    def _changed(self, m: _Managed, change: int) -> None:
+        m.last_change = change
         m.cooldown = 1
         m.short_for = m.starving_for = 0
         m.blocked_noted = False
