@@ -219,7 +219,7 @@ def test_scales_down_while_starved_and_never_below_min(backend: str, tmp_path: P
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         layer = af.Layer(
             Recorder,
-            af.Auto(min=2, max=6, start=6),
+            af.Auto(min=1, max=6, start=4),
             backend=backend,
             name="rec",
             args=(str(log),),
@@ -232,30 +232,30 @@ def test_scales_down_while_starved_and_never_below_min(backend: str, tmp_path: P
                 queue.put_nowait(i)
             first = [await anext(stream) for _ in range(20)]
             assert sorted(first) == list(range(20))
-            await until(lambda: _lines(log, "open") == 6, "six workers opened")
+            await until(lambda: _lines(log, "open") == 4, "four workers opened")
             await look(clock, 1 + DOWN_AFTER - 1)
             assert changes(stream, "rec") == []
             await look(clock)
             # Idle: half the workers go at once, down to what the (zero) load needs.
-            assert changes(stream, "rec") == [3]
-            assert stream.report.layer("rec").workers == 3
+            assert changes(stream, "rec") == [2]
+            assert stream.report.layer("rec").workers == 2
             # Retired workers close their instance now, not at the end of the run.
-            await until(lambda: _lines(log, "close") == 3, "three retired workers closed")
+            await until(lambda: _lines(log, "close") == 2, "two retired workers closed")
             await look(clock, 1 + DOWN_AFTER)
-            assert changes(stream, "rec") == [3, 2]
-            await until(lambda: _lines(log, "close") == 4, "a fourth worker closed")
+            assert changes(stream, "rec") == [2, 1]
+            await until(lambda: _lines(log, "close") == 3, "a third worker closed")
             await look(clock, 3 * DOWN_AFTER)
-            assert changes(stream, "rec") == [3, 2]  # min holds
-            # The two that are left still work.
+            assert changes(stream, "rec") == [2, 1]  # min holds
+            # The one that is left still works.
             for i in range(20, 50):
                 queue.put_nowait(i)
             queue.put_nowait(None)
             rest = [x async for x in stream]
         assert sorted(first + rest) == list(range(50))
-        assert stream.report.layer("rec").workers == 2
-        assert "autoscaled rec: 6 -> 2 workers" in str(stream.report)
+        assert stream.report.layer("rec").workers == 1
+        assert "autoscaled rec: 4 -> 1 workers" in str(stream.report)
         # Each instance was built once and closed once.
-        assert _lines(log, "open") == _lines(log, "close") == 6
+        assert _lines(log, "open") == _lines(log, "close") == 4
 
     run_async(main())
 
@@ -326,7 +326,7 @@ def fail_on_77(x: int) -> int:
 
 def test_an_error_in_an_autoscaled_layer_stops_the_controller_too(backend: str) -> None:
     with pytest.raises(ValueError, match="77 is bad") as info:
-        af.run(range(1000), af.Layer(fail_on_77, af.Auto(max=4), backend=backend, name="f"))
+        af.run(range(200), af.Layer(fail_on_77, af.Auto(max=4), backend=backend, name="f"))
     assert any("layer 'f'" in note for note in info.value.__notes__)
 
 
