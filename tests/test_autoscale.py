@@ -303,6 +303,12 @@ def test_a_layer_blocked_on_output_does_not_grow() -> None:
     run_async(main())
 
 
+def test_an_empty_source_ends_the_controller_with_the_run(backend: str) -> None:
+    report = af.run([], af.Layer(double, af.Auto(), backend=backend, name="d"))
+    assert report.layer("d").received == 0
+    assert [(e.workers, e.reason) for e in report.scaling] == [(1, "start")]
+
+
 def test_real_clock_run_grows_a_slow_layer_and_reports_it() -> None:
     """End to end on the event loop's clock (generous: only "it grew at some point")."""
 

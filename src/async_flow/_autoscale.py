@@ -390,6 +390,8 @@ class Autoscaler:
             else:
                 high = DEFAULT_MAX.get(lr.layer.backend, DEFAULT_MAX["thread"])
             self._managed.append(_Managed(lr, auto.min, max(high, lr.layer.workers), weight))
+            # Hooked before any task starts, so that no layer can finish unnoticed.
+            lr.on_finished = self._layer_finished
         self._remaining = len(self._managed)
         self._wake: asyncio.Future[None] | None = None
         self._started = 0.0
@@ -412,7 +414,6 @@ class Autoscaler:
         """Look at the layers every ``interval`` until every autoscaled layer has finished."""
         self._started = self._clock.now()
         for m in self._managed:
-            m.run.on_finished = self._layer_finished
             self._record(m, 0, "start")
         loop = asyncio.get_running_loop()
         while self._remaining > 0:
