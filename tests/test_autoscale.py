@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ import async_flow as af
 from async_flow._autoscale import (
     DOWN_AFTER,
     INTERVAL,
+    MIN_ITEMS,
     UP_AFTER,
     Autoscaler,
     ManualClock,
@@ -354,6 +356,77 @@ def test_cancelling_a_run_stops_the_controller_and_the_added_workers() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+    run_async(main())
+
+
+_service = threading.Lock()
+
+
+def one_at_a_time(x: int) -> int:
+    """A service that serves one call at a time: more threads cannot make it faster."""
+    with _service:
+        time.sleep(0.05)
+    return x
+
+
+async def sleepy(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x
+
+
+async def measured_looks(clock: ManualClock, stream: Stream[Any], layer: str, looks: int) -> None:
+    """Looks, each after enough items went through for a steady throughput measurement."""
+    for _ in range(looks):
+        s = stats(stream, layer)
+        start = s.received if s is not None else 0
+
+        def enough(start: int = start) -> bool:
+            now = stats(stream, layer)
+            return now is not None and now.received >= start + MIN_ITEMS + 5
+
+        await until(enough, f"{MIN_ITEMS + 5} more items through {layer!r}", attempts=20_000)
+        await look(clock)
+
+
+async def drain(stream: Stream[Any]) -> None:
+    async for _ in stream:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fn", "backend", "kept"),
+    [(one_at_a_time, "thread", False), (sleepy, "async", True)],
+    ids=["serialised-threads", "sleeping-tasks"],
+)
+def test_a_growth_that_does_not_raise_throughput_is_undone(
+    fn: Any, backend: str, kept: bool
+) -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        layer = af.Layer(fn, af.Auto(max=2), backend=backend, maxsize=8, name="w")
+        with use_clock(clock):
+            stream = af.open_stream(range(10**9), layer)
+        async with stream:
+            reader = asyncio.ensure_future(drain(stream))
+            try:
+                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                assert changes(stream, "w") == [2]
+                # A look sat out, then the verdict after UP_AFTER measured looks.
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                if kept:
+                    assert changes(stream, "w") == [2], stream.report.scaling
+                else:
+                    assert changes(stream, "w") == [2, 1], stream.report.scaling
+                    assert "did not raise throughput" in stream.report.scaling[-1].reason
+                    await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                    assert changes(stream, "w") == [2, 1]  # no new growth for a while
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
 
     run_async(main())
 

@@ -8,7 +8,10 @@ one controller task per run then looks at every autoscaled layer a few times a s
 - **retires** workers while the layer starves: the work it gets would fit in fewer workers.
 
 Both need the condition to hold for several consecutive looks (hysteresis), and a layer that just
-changed sits out one look, so a measurement never straddles a change. Processes and Ray actors
+changed sits out one look, so a measurement never straddles a change. A growth of a layer outside
+the CPU budget is checked: if throughput did not rise by at least half the ideal gain (a thread
+layer bound by the GIL, a remote service at its limit), the added workers are retired and the
+layer does not grow again for a while. Processes and Ray actors
 share one CPU budget (the CPUs this process may use, cgroup limits included, less what fixed-size
 CPU-bound layers hold): when several such layers want more workers than the budget has left, the
 one that holds its producer back the most gets them first, and the total never exceeds the cores.
@@ -64,6 +67,10 @@ BUSY = 0.8
 TARGET = {True: 0.7, False: 0.5}
 #: A layer that grows right after shrinking waits this many times longer before its next shrink.
 FLAP_BACKOFF = 2
+#: Items a throughput measurement needs before it is trusted (fewer: no verdict).
+MIN_ITEMS = 20
+#: Looks a growth without a gain in throughput keeps the layer from growing again.
+CAP_LOOKS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +282,7 @@ def _cpu_weight(layer: Any) -> float:
 class _Look:
     """What one look at a layer saw, over the interval since the previous look."""
 
-    __slots__ = ("blocked", "fill", "load", "pressed", "upstream", "util")
+    __slots__ = ("blocked", "fill", "items", "load", "pressed", "seconds", "upstream", "util")
 
     def __init__(self, prev: LayerStats, now: LayerStats, upstream_blocked: float) -> None:
         workers = max(1, now.workers)
@@ -292,6 +299,8 @@ class _Look:
         self.upstream = upstream_blocked / dt if dt > 0 else 0.0
         # "Input stays full": the channel is at least half full, or its producer waited on it.
         self.pressed = self.fill >= 0.5 or self.upstream > 0.05
+        self.items = now.received - prev.received
+        self.seconds = dt
 
     @property
     def short(self) -> bool:
@@ -314,9 +323,12 @@ class _Managed:
 
     __slots__ = (
         "blocked_noted",
+        "cap",
+        "capped_until",
         "cooldown",
         "down_after",
         "high",
+        "judging",
         "last",
         "last_change",
         "last_upstream",
@@ -324,7 +336,9 @@ class _Managed:
         "run",
         "short_for",
         "starving_for",
+        "streak",
         "weight",
+        "window",
     )
 
     def __init__(self, run: LayerRun, low: int, high: int, weight: float) -> None:
@@ -340,6 +354,13 @@ class _Managed:
         self.blocked_noted = False
         self.down_after = DOWN_AFTER
         self.last_change = 0
+        # Did the last growth pay? (rate before, workers before), and the measurements so far.
+        self.judging: tuple[float, int] | None = None
+        self.streak = [0, 0.0]  # items, seconds while short
+        # Items, seconds, looks since the growth being judged, and looks with the input not full.
+        self.window = [0, 0.0, 0, 0]
+        self.cap = high
+        self.capped_until = -1
 
     @property
     def target(self) -> float:
@@ -395,6 +416,7 @@ class Autoscaler:
         self._remaining = len(self._managed)
         self._wake: asyncio.Future[None] | None = None
         self._started = 0.0
+        self._looks = 0
 
     @property
     def active(self) -> bool:
@@ -441,6 +463,7 @@ class Autoscaler:
     def step(self) -> None:
         """One look at every autoscaled layer: shrink the starving, then grow the short ones."""
         wanting: list[tuple[_Managed, _Look]] = []
+        self._looks += 1
         for m in self._managed:
             look = self._look(m)
             if look is None:
@@ -448,8 +471,17 @@ class Autoscaler:
             if m.cooldown > 0:
                 m.cooldown -= 1
                 continue
+            if m.judging is not None:
+                self._judge(m, look)
+                continue
             workers = m.workers
-            if look.short and workers < m.high:
+            high = self._high(m)
+            if look.short:
+                m.streak[0] += look.items
+                m.streak[1] += look.seconds
+            else:
+                m.streak = [0, 0.0]
+            if look.short and workers < high:
                 m.short_for += 1
                 m.starving_for = 0
                 if m.short_for >= UP_AFTER:
@@ -479,6 +511,10 @@ class Autoscaler:
             return None
         return _Look(prev, stats, upstream - prev_upstream)
 
+    def _high(self, m: _Managed) -> int:
+        """The layer's max, lowered for a while after a growth that did not pay."""
+        return m.high if self._looks >= m.capped_until else min(m.high, m.cap)
+
     def _cpu_free(self) -> float:
         used = sum(m.weight * m.workers for m in self._managed)
         return self.budget - used
@@ -488,7 +524,7 @@ class Autoscaler:
         # Doubling finds a large count quickly where workers mostly wait (async, threads);
         # CPU-bound workers grow by half at most, within the budget.
         step = workers if m.weight == 0 else max(1, workers // 2)
-        step = min(step, m.high - workers)
+        step = min(step, self._high(m) - workers)
         if m.weight > 0:
             step = min(step, int((self._cpu_free() + 1e-9) // m.weight))
         if step <= 0:
@@ -501,8 +537,14 @@ class Autoscaler:
                     f" autoscaled layers); {look.describe()}",
                 )
             return
+        rate = m.streak[0] / m.streak[1] if m.streak[1] > 0 else 0.0
         added = m.run.add_workers(step)
         if added:
+            if m.weight == 0 and m.streak[0] >= MIN_ITEMS:
+                # Workers outside the CPU budget could grow to no avail (a GIL-bound thread
+                # layer, a saturated remote service): check that this growth raised throughput.
+                m.judging = (rate, workers)
+                m.window = [0, 0.0, 0, 0]
             if m.last_change < 0:
                 # Growing back what was just retired: be slower to retire next time.
                 m.down_after = min(m.down_after * FLAP_BACKOFF, DOWN_AFTER * FLAP_BACKOFF**3)
@@ -518,8 +560,43 @@ class Autoscaler:
             self._changed(m, -retired)
             self._record(m, -retired, f"{look.describe()} for {m.down_after} looks")
 
+    def _judge(self, m: _Managed, look: _Look) -> None:
+        """After a growth: keep it if throughput rose by half the ideal gain, else undo it."""
+        assert m.judging is not None
+        m.window[0] += look.items
+        m.window[1] += look.seconds
+        m.window[2] += 1
+        m.window[3] += not look.pressed
+        items, seconds, looks, unpressed = m.window
+        if (items < MIN_ITEMS or looks < UP_AFTER) and looks < 5:
+            return
+        before, workers_before = m.judging
+        m.judging = None
+        if items < MIN_ITEMS or seconds <= 0 or unpressed:
+            # Too few items to tell, or the input stopped being full: the growth met the
+            # demand (the layer above is now the limit), which is what it was for.
+            return
+        after = items / seconds
+        workers = m.workers
+        wanted = before * (1 + 0.5 * (workers / workers_before - 1))
+        if after >= wanted:
+            return
+        m.cap = workers_before
+        m.capped_until = self._looks + CAP_LOOKS
+        retired = m.run.retire_workers(workers - workers_before)
+        if retired:
+            self._changed(m, -retired)
+            self._record(
+                m,
+                -retired,
+                f"{workers} workers did not raise throughput ({before:.0f}/s with"
+                f" {workers_before}, {after:.0f}/s with {workers}): back to {workers_before},"
+                f" no growth for {CAP_LOOKS} looks",
+            )
+
     def _changed(self, m: _Managed, change: int) -> None:
         m.last_change = change
         m.cooldown = 1
+        m.streak = [0, 0.0]
         m.short_for = m.starving_for = 0
         m.blocked_noted = False
