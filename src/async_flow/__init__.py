@@ -10,6 +10,7 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
 """
 
 from ._autoscale import Auto, ScalingEvent
+from ._diagnosis import Bottleneck
 from ._errors import (
     AsyncFlowError,
     ClosedChannelError,
@@ -21,25 +22,42 @@ from ._errors import (
 from ._helpers import batch, flatten
 from ._layer import Layer
 from ._pipeline import Stream, open_stream, pipeline, run
+from ._progress import (
+    CallbackProgress,
+    LayerProgress,
+    LiveProgress,
+    LogProgress,
+    ProgressSnapshot,
+    ProgressView,
+)
 from ._report import Failure, Report
 from ._source import merge
 from ._stats import LayerStats, SourceStats
+from ._timeline import Timeline
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
     "Auto",
+    "Bottleneck",
+    "CallbackProgress",
     "ClosedChannelError",
     "Failure",
     "ItemTimeout",
     "Layer",
+    "LayerProgress",
     "LayerStats",
+    "LiveProgress",
+    "LogProgress",
+    "ProgressSnapshot",
+    "ProgressView",
     "Report",
     "ScalingEvent",
     "SerializationError",
     "SourceStats",
     "Stream",
+    "Timeline",
     "TooManyFailures",
     "WorkerCrashed",
     "__version__",
