@@ -431,6 +431,22 @@ def test_a_growth_that_does_not_raise_throughput_is_undone(
     run_async(main())
 
 
+def test_the_plot_draws_an_autoscaled_layers_worker_count(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from async_flow._plot import worker_steps
+
+    report = af.run(range(300), af.Layer(sleepy, af.Auto(max=8), name="s"))
+    times, counts = worker_steps(report, "s", report.elapsed)
+    assert counts[0] == 1
+    assert max(counts) > 1
+    assert times == sorted(times)
+    assert times[-1] == max(report.elapsed, times[-2])  # the last count holds to the end
+    assert counts[-1] == report.layer("s").workers
+    assert worker_steps(report, "missing", 1.0) == ([], [])
+    report.plot(tmp_path / "run.png")
+    assert (tmp_path / "run.png").stat().st_size > 0
+
+
 # --- workers coming and going: nothing lost, nothing twice ------------------------------------
 
 
