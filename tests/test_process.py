@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import os
 import random
@@ -410,6 +411,7 @@ sys.path.insert(0, {src!r})
 import async_flow as af
 
 def spin(x):
+    print("spinning", flush=True)
     while True:
         pass
 
@@ -429,13 +431,14 @@ def _start_script() -> tuple[subprocess.Popen[str], list[psutil.Process]]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    parent = psutil.Process(proc.pid)
-
-    def two_workers() -> bool:
-        return len(parent.children()) == 2
-
-    assert wait_until(two_workers, 30.0), "the workers did not start"
-    return proc, parent.children()
+    assert proc.stdout is not None
+    # Both workers are inside an endless item once each has printed its line.
+    for _ in range(2):
+        line = proc.stdout.readline()
+        assert line == "spinning\n", (line, proc.poll())
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 2
+    return proc, workers
 
 
 def _gone(procs: list[psutil.Process]) -> bool:
@@ -451,12 +454,17 @@ def _gone(procs: list[psutil.Process]) -> bool:
 @pytest.mark.slow
 def test_workers_exit_when_the_parent_is_sigkilled() -> None:
     proc, workers = _start_script()
-    proc.kill()
-    proc.wait()
-    # Workers poll for their parent every 0.2 s; 5 s is a generous bound for a loaded machine.
-    assert wait_until(lambda: _gone(workers), 5.0), [p.pid for p in workers]
-    assert proc.stdout is not None
-    proc.stdout.close()
+    try:
+        proc.kill()
+        proc.wait()
+        # Workers poll for their parent every 0.2 s; 5 s is a generous bound on a loaded machine.
+        assert wait_until(lambda: _gone(workers), 5.0), [p.pid for p in workers]
+    finally:
+        for p in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 @pytest.mark.slow
