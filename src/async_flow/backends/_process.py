@@ -14,14 +14,20 @@ Shipping code
     item (under the layer's error policy), naming it.
 
 Start method, ``__main__`` and Jupyter
-    Workers are fresh interpreters started with ``sys.executable -c ...`` (never a ``fork`` of the
-    parent, which is unsafe once the parent has threads, as an asyncio program always may). They
-    receive the parent's ``sys.path`` and never import the parent's ``__main__`` module:
-    functions and classes defined in ``__main__`` (a script or a notebook) travel by value. So a
-    script works with or without an ``if __name__ == "__main__":`` guard, and a notebook works as
-    is. The guard is still good practice, so that importing your script does not run the
-    pipeline. Functions from importable modules travel by reference and are imported in the
-    worker, as in the parent.
+    Forking a process that runs other threads can deadlock the child (a lock held by a thread
+    that does not exist there), and an asyncio program may always have threads. So workers are
+    forked only while the parent runs a single thread, counted by the OS (C threads included),
+    which is the common case of ``af.run`` in a script: they are then up in milliseconds.
+    Otherwise (a notebook kernel, the sync ``open_stream`` form, a program with threads, or
+    ``options={"start_method": "spawn"}``) each worker is a fresh interpreter started with
+    ``sys.executable -c ...``, which takes as long as importing async_flow.
+
+    Either way the function is pickled, and an exec'd worker receives the parent's ``sys.path``
+    but never imports the parent's ``__main__`` module: functions and classes defined in
+    ``__main__`` (a script or a notebook cell) travel by value, and functions from importable
+    modules by reference. So a script works with or without an ``if __name__ == "__main__":``
+    guard, and a notebook works as is. The guard is still good practice, so that importing your
+    script does not run the pipeline.
 
 Crashes
     A worker that dies (SIGKILL, segfault, ``os._exit``, out of memory) is noticed at once through
