@@ -156,6 +156,9 @@ class _Worker:
         self.sock = sock
         self.pid = proc.pid
         self.waiters: deque[asyncio.Future[Reply]] = deque()
+        #: Set while the worker owes no reply.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.exited: asyncio.Future[int] = self.loop.create_future()
         self.exitcode: int | None = None
         self.dead = False
@@ -213,6 +216,8 @@ class _Worker:
                 fut = self.waiters.popleft()
                 if not fut.done():  # else its caller was cancelled: drop the reply
                     fut.set_result((op, payload))
+                if not self.waiters:
+                    self._idle.set()
         if pos:
             del buf[:pos]
 
@@ -250,6 +255,7 @@ class _Worker:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(WorkerLost(code, f"pid {self.pid}"))
+        self._idle.set()
         self.sock.close()
         if not self.exited.done():
             self.exited.set_result(code)
@@ -263,6 +269,7 @@ class _Worker:
             fut.set_exception(WorkerLost(self.exitcode, f"pid {self.pid}"))
             return fut
         self.waiters.append(fut)
+        self._idle.clear()
         try:
             await self.loop.sock_sendall(self.sock, HEADER.pack(len(payload), op) + payload)
         except OSError:
@@ -275,8 +282,7 @@ class _Worker:
 
     async def drained(self) -> None:
         """Wait until every reply this worker owes has arrived (or it died)."""
-        while self.waiters:
-            await asyncio.wait([self.waiters[-1]])
+        await self._idle.wait()
 
     # --- stopping ---------------------------------------------------------------------------
 
