@@ -9,6 +9,7 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
                     af.Layer(save))
 """
 
+from ._diagnosis import Bottleneck
 from ._errors import (
     AsyncFlowError,
     ClosedChannelError,
@@ -20,23 +21,40 @@ from ._errors import (
 from ._helpers import batch, flatten
 from ._layer import Layer
 from ._pipeline import Stream, open_stream, pipeline, run
+from ._progress import (
+    CallbackProgress,
+    LayerProgress,
+    LiveProgress,
+    LogProgress,
+    ProgressSnapshot,
+    ProgressView,
+)
 from ._report import Failure, Report
 from ._source import merge
 from ._stats import LayerStats, SourceStats
+from ._timeline import Timeline
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
+    "Bottleneck",
+    "CallbackProgress",
     "ClosedChannelError",
     "Failure",
     "ItemTimeout",
     "Layer",
+    "LayerProgress",
     "LayerStats",
+    "LiveProgress",
+    "LogProgress",
+    "ProgressSnapshot",
+    "ProgressView",
     "Report",
     "SerializationError",
     "SourceStats",
     "Stream",
+    "Timeline",
     "TooManyFailures",
     "WorkerCrashed",
     "__version__",

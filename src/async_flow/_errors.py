@@ -24,11 +24,25 @@ __all__ = (
 
 
 class AsyncFlowError(Exception):
-    """Base class of the errors raised by async_flow itself."""
+    """Base class of the errors raised by async_flow itself.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> issubclass(af.WorkerCrashed, af.AsyncFlowError)
+        True
+    """
 
 
 class ClosedChannelError(AsyncFlowError):
-    """A channel was sent to or received from after its side was closed."""
+    """A channel was sent to or received from after its side was closed.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> isinstance(af.ClosedChannelError("send on a closed channel"), af.AsyncFlowError)
+        True
+    """
 
 
 class WorkerCrashed(AsyncFlowError):

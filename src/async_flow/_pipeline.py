@@ -13,10 +13,12 @@ from typing import Any, Generic, TypeVar
 
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._layer import DEFAULT_MAXSIZE, Layer
+from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import LayerRun
-from ._source import Merge, SourceCounters, _check_source, feed
-from ._stats import SourceStats
+from ._sampler import Sampler
+from ._source import Merge, SourceCounters, _check_source, feed, source_length
+from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
 
 __all__ = ("Stream", "open_stream", "pipeline", "run")
@@ -39,8 +41,16 @@ def _check(source: Any, layers: tuple[Any, ...]) -> None:
 class _Run:
     """One execution of a pipeline: owns its channels, tasks, threads and workers."""
 
-    def __init__(self, source: Any, layers: tuple[Layer[Any, Any], ...]) -> None:
+    def __init__(
+        self,
+        source: Any,
+        layers: tuple[Layer[Any, Any], ...],
+        progress: ProgressOption = None,
+        total: int | None = None,
+    ) -> None:
         _check(source, layers)
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+            raise TypeError(f"total must be an int, got {total!r}")
         self.source = source
         self.layers = layers
         self.source_counters = SourceCounters()
@@ -49,10 +59,17 @@ class _Run:
         self._started = perf_counter()
         self._ended: float | None = None
         self._first_send: SendChannel[Any] | None = None
+        self._source_ended: float | None = None
+        self.sampler = Sampler(
+            self._read_counters,
+            resolve_progress(progress),
+            total if total is not None else source_length(source),
+        )
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
         self._started = perf_counter()
+        self.sampler.restart_clock()
         try:
             return await self._execute(output)
         except Carried as carried:
@@ -93,14 +110,17 @@ class _Run:
                 started.append(lr)
             async with TaskGroup() as tg:
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
-                tg.start(
+                source_task = tg.start(
                     feed(self.source, first_send, self.source_counters, chunk),
                     name="async_flow:source",
                 )
+                source_task.add_done_callback(self._on_source_done)
+                work = [source_task]
                 if drain is not None:
-                    tg.start(_drain(drain), name="async_flow:drain")
+                    work.append(tg.start(_drain(drain), name="async_flow:drain"))
                 for lr in self.layer_runs:
-                    tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}")
+                    work.append(tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}"))
+                tg.start(self.sampler.run(work), name="async_flow:sampler")
             self.status = "completed"
         except asyncio.CancelledError:
             self.status = "cancelled"
@@ -118,6 +138,7 @@ class _Run:
         """The report of this run so far (final once the run has ended)."""
         end = self._ended if self._ended is not None else perf_counter()
         blocked = self._first_send_blocked()
+        source_end = self._source_ended if self._source_ended is not None else end
         return Report(
             layers=tuple(lr.snapshot() for lr in self.layer_runs),
             source=SourceStats(
@@ -125,10 +146,18 @@ class _Run:
                 blocked_seconds=blocked,
                 elapsed=end - self._started,
                 exhausted=self.source_counters.exhausted,
+                running_seconds=source_end - self._started,
             ),
             elapsed=end - self._started,
             status=self.status,
+            timeline=self.sampler.timeline(),
         )
+
+    def _read_counters(self) -> tuple[int, tuple[LayerStats, ...]]:
+        return self.source_counters.produced, tuple(lr.snapshot() for lr in self.layer_runs)
+
+    def _on_source_done(self, _: object) -> None:
+        self._source_ended = perf_counter()
 
     def _first_send_blocked(self) -> float:
         if self.layer_runs:
@@ -148,7 +177,12 @@ def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
     return lambda: next_recv.blocked_seconds
 
 
-async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
+async def pipeline(
+    source: Source,
+    *layers: Layer[Any, Any],
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Report:
     """Run ``source`` through ``layers`` to the end and return the :class:`Report`.
 
     Each layer's workers read from a bounded channel filled by the layer above; a full channel
@@ -159,6 +193,12 @@ async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
     is cancelled, and the exception is re-raised as itself with a note naming the layer and item.
     Cancelling the awaiting task stops everything the same way. Nothing the run started (tasks,
     threads, processes, actors) outlives the call.
+
+    ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
+    terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
+    ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
+    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
+    for the "done of total" column and the ETA when the source has no ``len()``.
 
     Example::
 
@@ -172,13 +212,19 @@ async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
         >>> report.layers[0].emitted
         100
     """
-    return await _Run(source, layers).execute(None)
+    return await _Run(source, layers, progress, total).execute(None)
 
 
-def run(source: Source, *layers: Layer[Any, Any]) -> Report:
+def run(
+    source: Source,
+    *layers: Layer[Any, Any],
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Report:
     """Run a pipeline from synchronous code (``asyncio.run`` around :func:`pipeline`).
 
-    Ctrl-C cancels the run, stops every worker, and raises ``KeyboardInterrupt``.
+    Ctrl-C cancels the run, stops every worker, and raises ``KeyboardInterrupt``. ``progress``
+    and ``total`` are as for :func:`pipeline`.
 
     Example::
 
@@ -194,7 +240,7 @@ def run(source: Source, *layers: Layer[Any, Any]) -> Report:
         raise RuntimeError(
             "af.run() cannot be called from a running event loop: await af.pipeline()"
         )
-    return asyncio.run(pipeline(source, *layers))
+    return asyncio.run(pipeline(source, *layers, progress=progress, total=total))
 
 
 class Stream(Generic[T]):
@@ -203,10 +249,25 @@ class Stream(Generic[T]):
     Use it as ``async with`` + ``async for`` in async code, or ``with`` + ``for`` in sync code (the
     run then happens on an event loop in a helper thread that the ``with`` block owns). Leaving the
     block early cancels the run; :attr:`report` is set once the run has ended.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> with af.open_stream(range(3), af.Layer(str, ordered=True)) as stream:
+        ...     items = list(stream)
+        >>> items, stream.report.layers[0].emitted
+        (['0', '1', '2'], 3)
     """
 
-    def __init__(self, source: Source, layers: tuple[Layer[Any, Any], ...], maxsize: int) -> None:
-        self._run = _Run(source, layers)
+    def __init__(
+        self,
+        source: Source,
+        layers: tuple[Layer[Any, Any], ...],
+        maxsize: int,
+        progress: ProgressOption = None,
+        total: int | None = None,
+    ) -> None:
+        self._run = _Run(source, layers, progress, total)
         self._maxsize = maxsize
         self._buffer: deque[Any] = deque()
         self._receive: ReceiveChannel[Any] | None = None
@@ -352,12 +413,17 @@ class Stream(Generic[T]):
 
 
 def open_stream(
-    source: Source, *layers: Layer[Any, Any], maxsize: int = DEFAULT_MAXSIZE
+    source: Source,
+    *layers: Layer[Any, Any],
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
 ) -> Stream[Any]:
     """Run a pipeline and consume the last layer's outputs as they come.
 
     ``maxsize`` bounds the output channel: a consumer that stops reading suspends the last layer,
-    which back-pressures the whole pipeline.
+    which back-pressures the whole pipeline. ``progress`` and ``total`` are as for
+    :func:`pipeline`.
 
     Example::
 
@@ -366,4 +432,4 @@ def open_stream(
         ...     print(list(squares))
         [0, 1, 4, 9, 16]
     """
-    return Stream(source, layers, maxsize)
+    return Stream(source, layers, maxsize, progress, total)

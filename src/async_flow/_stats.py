@@ -50,6 +50,13 @@ class LayerStats:
     of the layer's capacity that was used. ``wait_seconds`` is time its workers spent waiting for
     input (an empty input channel), ``blocked_seconds`` time they spent suspended on a full output
     channel.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> stats = af.run(range(10), af.Layer(str, 2, name="text")).layer("text")
+        >>> stats.received, stats.emitted, stats.workers, 0 <= stats.busy_fraction <= 1
+        (10, 10, 2, True)
     """
 
     name: str
@@ -99,12 +106,24 @@ class LayerStats:
 
 @dataclass(frozen=True, slots=True)
 class SourceStats:
-    """A frozen snapshot of the source: items produced and time blocked on the first channel."""
+    """A frozen snapshot of the source: items produced and time blocked on the first channel.
+
+    ``running_seconds`` is how long the source ran before it was exhausted or stopped (``None``:
+    as long as the run).
+
+    Example::
+
+        >>> import async_flow as af
+        >>> source = af.run(range(10), af.Layer(str)).source
+        >>> source.produced, source.exhausted
+        (10, True)
+    """
 
     produced: int
     blocked_seconds: float
     elapsed: float
     exhausted: bool
+    running_seconds: float | None = None
 
     @property
     def blocked_fraction(self) -> float:
