@@ -83,14 +83,20 @@ class Layer(Generic[In, Out]):
             starting count and ``autoscale`` holds the bounds).
         backend: where ``fn`` runs: ``"async"`` (default for coroutine and async generator
             functions), ``"thread"`` (default for plain and generator functions), ``"process"``
-            or ``"ray"``.
+            or ``"ray"``. ``"process"`` ships ``fn`` with cloudpickle and never re-imports your
+            ``__main__``: it works from a script with or without an ``if __name__ ==
+            "__main__":`` guard (keep one so that importing the script does not run the
+            pipeline) and from a Jupyter notebook, lambdas and closures included.
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.
         args, kwargs: constructor arguments when ``fn`` is a class.
-        options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...).
+        options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...;
+            for ``"process"``: ``start_method``, ``"auto"`` to fork a single-threaded parent
+            for a fast start and start fresh interpreters otherwise, or ``"spawn"`` for fresh
+            interpreters always).
 
     Example::
 
