@@ -218,7 +218,7 @@ def test_a_stuck_worker_process_is_killed_and_replaced() -> None:
         range(8),
         af.Layer(
             spin_forever_on_stuck,
-            2,
+            1,  # one worker, so the items after the stuck one need its replacement
             backend="process",
             timeout=1.0,
             on_error=af.DeadLetter(),
