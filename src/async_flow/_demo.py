@@ -16,6 +16,7 @@ import os
 import sqlite3
 import sys
 import sysconfig
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,12 @@ def _functions(tree: ast.Module) -> tuple[list[tuple[str, int, int]], int]:
     return found, classes
 
 
+# CPython 3.11 before 3.11.9 keeps the AST constructor's recursion depth in shared state, so two
+# threads parsing at once can fail with "AST constructor recursion depth mismatch". Parsing is
+# serialised within a process; worker processes each have their own lock and parse in parallel.
+_PARSE_LOCK = threading.Lock()
+
+
 def analyse(item: tuple[str, bytes]) -> FileInfo:
     """Parse one file and measure it (the ``analyse`` layer). A file that does not parse (the
     standard library's tests hold a few on purpose) is recorded with its error."""
@@ -135,7 +142,8 @@ def analyse(item: tuple[str, bytes]) -> FileInfo:
     digest = hashlib.sha256(data).hexdigest()
     lines = data.count(b"\n") + (not data.endswith(b"\n") and bool(data))
     try:
-        tree = ast.parse(data, filename=path)
+        with _PARSE_LOCK:
+            tree = ast.parse(data, filename=path)
     except (SyntaxError, ValueError) as exc:
         return FileInfo(path, lines, 0, digest, error=f"{type(exc).__name__}: {exc}")
     functions, classes = _functions(tree)
