@@ -129,7 +129,7 @@ def _functions(tree: ast.Module) -> tuple[list[tuple[str, int, int]], int]:
     return found, classes
 
 
-# CPython 3.11 before 3.11.9 keeps the AST constructor's recursion depth in shared state, so two
+# Some CPython 3.11 releases keep the AST constructor's recursion depth in shared state, so two
 # threads parsing at once can fail with "AST constructor recursion depth mismatch". Parsing is
 # serialised within a process; worker processes each have their own lock and parse in parallel.
 _PARSE_LOCK = threading.Lock()
