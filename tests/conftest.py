@@ -76,3 +76,33 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             assert not others, f"tasks left running: {others}"
 
     return asyncio.run(checked())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray instance for the whole session (a head node with 2 CPUs).
+
+    It is a ``ray.cluster_utils.Cluster`` so that a test can add and remove nodes; node deaths
+    are detected within about a second.
+    """
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,  # ray.util.state needs it
+            "_system_config": {
+                "health_check_initial_delay_ms": 0,
+                "health_check_period_ms": 300,
+                "health_check_failure_threshold": 3,
+            },
+        },
+    )
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
