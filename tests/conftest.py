@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -78,6 +79,12 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(checked())
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
     """One local Ray instance for the whole session (a head node with 2 CPUs).
@@ -93,6 +100,7 @@ def ray_cluster() -> Iterator[Any]:
         head_node_args={
             "num_cpus": 2,
             "include_dashboard": True,  # ray.util.state needs it
+            "dashboard_port": _free_port(),  # not 8265: another Ray may be running
             "_system_config": {
                 "health_check_initial_delay_ms": 0,
                 "health_check_period_ms": 300,

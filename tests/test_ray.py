@@ -192,6 +192,48 @@ def identity(x: Any) -> Any:
     return x
 
 
+class DriverRefuses:
+    """A value that cannot be unpickled in the test's process: it may only travel actor to actor."""
+
+    def __init__(self, value: int, driver_pid: int) -> None:
+        self.value = value
+        self.driver_pid = driver_pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.value, self.driver_pid))
+
+
+def _rebuild(value: int, driver_pid: int) -> DriverRefuses:
+    if os.getpid() == driver_pid:
+        raise RuntimeError("a Ray layer's output was pulled through the driver")
+    return DriverRefuses(value, driver_pid)
+
+
+def wrap(x: int, driver_pid: int) -> DriverRefuses:
+    return DriverRefuses(x, driver_pid)
+
+
+def unwrap(box: DriverRefuses) -> int:
+    return box.value * 2
+
+
+def test_consecutive_ray_layers_pass_references_not_values() -> None:
+    """The middle values cannot be unpickled in this process, so the run only succeeds if the
+    first layer's outputs go to the second layer's actors without being fetched here."""
+    import functools
+
+    wrap_here = functools.partial(wrap, driver_pid=os.getpid())
+    with af.open_stream(
+        range(100),
+        af.Layer(wrap_here, 2, backend="ray", ordered=True, name="wrap"),
+        af.Layer(unwrap, 2, backend="ray", ordered=True, name="unwrap"),
+    ) as out:
+        assert list(out) == [2 * x for x in range(100)]
+    # Without the hand-off the same values do fail here (the test checks what it claims).
+    with pytest.raises(ray.exceptions.RaySystemError, match="pulled through the driver"):
+        af.run(range(3), af.Layer(wrap_here, backend="ray"), af.Layer(unwrap))
+
+
 # --- faults --------------------------------------------------------------------------------
 
 

@@ -84,6 +84,8 @@ class _Run:
             self.layer_runs.append(
                 LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
             )
+        for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
+            upstream.backend.connect(downstream.backend)
         started: list[LayerRun] = []
         try:
             # Backends start before the source is read, so that a layer that cannot run fails

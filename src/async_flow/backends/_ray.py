@@ -26,6 +26,12 @@ Actor processes import ``async_flow`` and the module of the layer's function (Ra
 functions defined in importable modules by reference): on a cluster, install them on every node
 or ship them with ``runtime_env``.
 
+Consecutive Ray layers pass items as object references: the upstream actor's outputs stay in
+Ray's object store, the driver receives only a summary and passes a :class:`RayItem` (reference,
+index) per output to the next layer, whose actor fetches the values. Ray still inlines small
+objects (under about 100 KB per batch) in the driver's reply, but the driver never deserialises
+them; large outputs go node to node. Only what a non-Ray layer (or the stream) needs is pulled.
+
 Faults: an actor that dies (its process killed, its node gone) is killed for good and replaced by a
 fresh one, and the batch it held is re-run one item at a time on the replacement (see
 :mod:`._crash`); an item that kills ``attempts`` actors in a row fails with
@@ -86,13 +92,23 @@ class _RayWorker:
         self._call = open_worker_call_sync(layer, self._runner)
         return os.getpid()
 
-    def run(self, items: list[Any]) -> BatchResult:
+    def run(self, items: list[Any], resolve: bool) -> BatchResult:
         call = self._call
         assert call is not None, "run() before open()"
+        if resolve:
+            items = _resolve(items)
         result = run_batch_sync(call.call, call.kind, items, None, self._runner)
         if result.error is not None:
             result = BatchResult(result.outputs, result.done, _portable(result.error))
         return result
+
+    def run_split(
+        self, items: list[Any], resolve: bool
+    ) -> tuple[tuple[int, BaseException | None, int], list[Any]]:
+        """Like :meth:`run`, in two objects: a small summary for the driver, and the outputs,
+        which stay in the object store for the next Ray layer (called with ``num_returns=2``)."""
+        result = self.run(items, resolve)
+        return (result.done, result.error, len(result.outputs)), result.outputs
 
     def close(self) -> None:
         try:
@@ -103,6 +119,35 @@ class _RayWorker:
             if self._runner is not None:
                 self._runner.close()
                 self._runner = None
+
+
+class RayItem:
+    """An item that is output ``index`` of the outputs stored in Ray object ``ref``.
+
+    Consecutive Ray layers pass these instead of values: the driver holds (and owns) the
+    reference, the next layer's actor fetches the value from the object store.
+    """
+
+    __slots__ = ("index", "ref")
+
+    def __init__(self, ref: Any, index: int) -> None:
+        self.ref = ref
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RayItem, (self.ref, self.index))
+
+    def __repr__(self) -> str:
+        return f"<output {self.index} of Ray object {self.ref.hex()[:12]}>"
+
+
+def _resolve(items: list[Any]) -> list[Any]:
+    """Replace each :class:`RayItem` by its value (one fetch per distinct object)."""
+    refs = list({item.ref: None for item in items if isinstance(item, RayItem)})
+    if not refs:
+        return items
+    values = dict(zip(refs, ray.get(refs), strict=True))
+    return [values[i.ref][i.index] if isinstance(i, RayItem) else i for i in items]
 
 
 def _portable(error: BaseException) -> BaseException:
@@ -210,8 +255,17 @@ class RayBackend(Backend):
         self._acquired = False
         self._stopped = False
         self._options: dict[str, Any] = {}
+        #: The next layer is a Ray layer too: outputs stay in the object store (RayItem).
+        self._emit_refs = False
+        #: The previous layer is a Ray layer: inputs may be RayItems to fetch in the actor.
+        self._take_refs = False
         #: What Ray raises when an actor (or the node it ran on) is gone.
         self._errors: tuple[type[BaseException], ...] = ()
+
+    def connect(self, downstream: Backend) -> None:
+        if isinstance(downstream, RayBackend):
+            self._emit_refs = True
+            downstream._take_refs = True
 
     async def start(self) -> None:
         _acquire_ray()
@@ -278,7 +332,12 @@ class RayBackend(Backend):
         if actor is None:
             raise WorkerLost(None, "no live actor for this worker")
         try:
-            ref = actor.run.remote(items)
+            if self._emit_refs:
+                ref, outputs_ref = actor.run_split.options(num_returns=2).remote(
+                    items, self._take_refs
+                )
+            else:
+                ref = actor.run.remote(items, self._take_refs)
         except Exception as exc:  # a pickling failure, described below
             if isinstance(exc, self._errors):
                 await self._replace(state, actor)
@@ -291,13 +350,16 @@ class RayBackend(Backend):
             ) from exc
         self._in_flight.add(ref)
         try:
-            result: BatchResult = await ref
+            result = await ref
         except self._errors as exc:
             await self._replace(state, actor)
             raise WorkerLost(None, f"Ray actor lost: {type(exc).__name__}") from exc
         finally:
             self._in_flight.discard(ref)
-        return result
+        if self._emit_refs:
+            done, error, count = result
+            return BatchResult([RayItem(outputs_ref, i) for i in range(count)], done, error)
+        return result  # type: ignore[no-any-return]
 
     async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
         state = self._slots[slot]
