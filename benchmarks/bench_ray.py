@@ -133,7 +133,12 @@ def main() -> None:
     workloads = [("2 ms", 0.002, int(2000 * scale)), ("20 us", 0.00002, int(40000 * scale))]
     # Half a CPU each: Ray Data also needs a free CPU for its read tasks, or it waits forever.
     num_cpus = 0.5
-    ray.init(num_cpus=max(opts.workers, os.cpu_count() or 1), log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=max(opts.workers, os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     contenders: list[tuple[str, Callable[[int, float, int, float], int]]] = [
         ("async_flow ray", run_async_flow),
         ("ActorPool.map_unordered", run_actor_pool),

@@ -244,7 +244,9 @@ class RayBackend(Backend):
 
     name = "ray"
     batches_in_flight = 2
-    target_batch_seconds = 0.01
+    # A Ray call costs milliseconds, and the measured time of a batch includes the wait behind
+    # the other batch queued at the same actor: a short target would shrink batches to one item.
+    target_batch_seconds = 0.1
     max_batch = 1024
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
@@ -268,8 +270,7 @@ class RayBackend(Backend):
             downstream._take_refs = True
 
     async def start(self) -> None:
-        _acquire_ray()
-        self._acquired = True
+        # Options are checked before Ray is touched: a bad layer starts nothing.
         options = dict(self.layer.options)
         if "name" in options:
             raise ValueError(
@@ -286,6 +287,8 @@ class RayBackend(Backend):
             ) from exc
         self._options = options
         self._errors = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+        _acquire_ray()
+        self._acquired = True
 
     async def _new_actor(self, state: _Slot) -> None:
         """Create an actor for ``state`` and build its instance; the user's error as itself."""
