@@ -264,6 +264,20 @@ def test_an_item_that_kills_every_actor_fails_naming_it() -> None:
         af.run(range(10), af.Layer(exit_on_3, 2, backend="ray", name="boom"))
 
 
+class DiesAtBirth:
+    def __init__(self) -> None:
+        os._exit(3)
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@pytest.mark.slow
+def test_actors_that_die_while_starting_fail_the_run_clearly() -> None:
+    with pytest.raises(af.WorkerCrashed, match=r"layer 'doomed': worker 0's Ray actor died"):
+        af.run(range(3), af.Layer(DiesAtBirth, 1, backend="ray", name="doomed"))
+
+
 @pytest.mark.slow
 def test_node_removed_mid_run(ray_cluster: Any) -> None:
     """Actors spread over two nodes; the second node goes away while it holds items."""

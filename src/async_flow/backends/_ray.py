@@ -57,7 +57,7 @@ from .._calls import (
     open_worker_call_sync,
     run_batch_sync,
 )
-from .._errors import SerializationError
+from .._errors import SerializationError, WorkerCrashed
 from .._layer import Layer
 from ._base import Backend
 from ._crash import WorkerLost, run_with_crash_retry
@@ -307,12 +307,15 @@ class RayBackend(Backend):
             try:
                 await self._new_actor(state)
                 return
-            except self._errors:
+            except self._errors as exc:
                 # Died before it could start (its node went away): try a fresh one.
                 self._kill(state.actor)
                 state.actor = None
                 if attempt == CRASH_ATTEMPTS - 1:
-                    raise
+                    raise WorkerCrashed(
+                        f"layer {self.layer.name!r}: worker {slot}'s Ray actor died while"
+                        f" starting, {CRASH_ATTEMPTS} times (last: {exc})"
+                    ) from exc
                 self.restarts += 1
 
     async def _replace(self, state: _Slot, dead: Any) -> None:
