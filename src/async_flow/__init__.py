@@ -9,9 +9,15 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
                     af.Layer(save))
 """
 
+from . import sinks
+from ._checkpoint import Checkpoint
+from ._diagnosis import Bottleneck
 from ._errors import (
     AsyncFlowError,
+    CheckpointMismatch,
     ClosedChannelError,
+    DuplicateKey,
+    Interrupted,
     ItemTimeout,
     SerializationError,
     TooManyFailures,
@@ -20,23 +26,50 @@ from ._errors import (
 from ._helpers import batch, flatten
 from ._layer import Layer
 from ._pipeline import Stream, open_stream, pipeline, run
+from ._policy import DeadLetter, Policy, Raise, Retry, Skip
+from ._progress import (
+    CallbackProgress,
+    LayerProgress,
+    LiveProgress,
+    LogProgress,
+    ProgressSnapshot,
+    ProgressView,
+)
 from ._report import Failure, Report
 from ._source import merge
 from ._stats import LayerStats, SourceStats
+from ._timeline import Timeline
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
+    "Bottleneck",
+    "CallbackProgress",
+    "Checkpoint",
+    "CheckpointMismatch",
     "ClosedChannelError",
+    "DeadLetter",
+    "DuplicateKey",
     "Failure",
+    "Interrupted",
     "ItemTimeout",
     "Layer",
+    "LayerProgress",
     "LayerStats",
+    "LiveProgress",
+    "LogProgress",
+    "Policy",
+    "ProgressSnapshot",
+    "ProgressView",
+    "Raise",
     "Report",
+    "Retry",
     "SerializationError",
+    "Skip",
     "SourceStats",
     "Stream",
+    "Timeline",
     "TooManyFailures",
     "WorkerCrashed",
     "__version__",
@@ -46,4 +79,5 @@ __all__ = (
     "open_stream",
     "pipeline",
     "run",
+    "sinks",
 )

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, NamedTuple
 
+from ._errors import ItemTimeout
+from ._keyed import keyed_call
 from ._layer import Kind, Layer
 
 __all__ = (
     "BatchResult",
+    "Progress",
     "StopFlag",
     "WorkerCall",
     "close_worker_call_async",
     "close_worker_call_sync",
+    "item_timeout",
     "open_worker_call_async",
     "open_worker_call_sync",
     "run_batch_async",
@@ -63,12 +69,22 @@ def run_batch_sync(
     items: list[Any],
     stop: StopFlag | None = None,
     runner: asyncio.Runner | None = None,
+    per_item: float | None = None,
+    progress: Progress | None = None,
+    name: str = "",
 ) -> BatchResult:
-    """Run ``call`` on each item, in this thread. Async kinds need ``runner`` (a private loop)."""
+    """Run ``call`` on each item, in this thread. Async kinds need ``runner`` (a private loop).
+
+    With ``progress``, each item's start is published so that the event loop can time it out
+    (see :class:`Progress`); ``per_item`` (the layer's timeout) cancels async items on the
+    private loop.
+    """
     if kind.is_async:
         if runner is None:
             raise RuntimeError("an async function needs an event loop runner in this worker")
-        return runner.run(run_batch_async(call, kind, items, stop))
+        return runner.run(run_batch_async(call, kind, items, stop, per_item, progress, name))
+    if progress is not None:
+        return _run_watched_sync(call, kind, items, stop, progress)
     outputs: list[Any] = []
     i = 0
     try:
@@ -96,12 +112,23 @@ def run_batch_sync(
 
 
 async def run_batch_async(
-    call: Callable[[Any], Any], kind: Kind, items: list[Any], stop: StopFlag | None = None
+    call: Callable[[Any], Any],
+    kind: Kind,
+    items: list[Any],
+    stop: StopFlag | None = None,
+    per_item: float | None = None,
+    progress: Progress | None = None,
+    name: str = "",
 ) -> BatchResult:
     """Run ``call`` on each item on the running loop (sync callables are called inline).
 
-    ``stop`` is checked between items when the batch runs on a thread's private loop.
+    ``stop`` is checked between items when the batch runs on a thread's private loop. With
+    ``per_item`` (the layer's timeout, in seconds), an async item that runs longer is cancelled
+    and its error is an :class:`~async_flow.ItemTimeout` (a sync callable on the loop cannot be
+    interrupted).
     """
+    if per_item is not None or progress is not None:
+        return await _run_watched_async(call, kind, items, stop, per_item, progress, name)
     outputs: list[Any] = []
     i = 0
     try:
@@ -126,6 +153,136 @@ async def run_batch_async(
     return BatchResult(outputs, len(items), None)
 
 
+def item_timeout(name: str, timeout: float) -> ItemTimeout:
+    """The error of an item that ran longer than its layer's ``timeout``."""
+    return ItemTimeout(f"layer {name!r}: the item took longer than its timeout of {timeout:g}s")
+
+
+class Progress:
+    """Where a worker thread is in its batch, so that the event loop can time out an item.
+
+    The thread publishes each item's index and start time, and keeps an item's outputs only if
+    the loop has not abandoned the batch meanwhile: once the loop has taken the outputs so far and
+    given the item up (:meth:`abandon`), nothing the thread does can change them. One lock per
+    item transition is the whole cost, paid only by layers with a ``timeout``.
+    """
+
+    __slots__ = ("abandoned", "index", "kept", "lock", "outputs", "started")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.index = 0
+        self.kept = 0
+        self.outputs: list[Any] = []
+        self.started: float | None = None  # the running item's start (time.monotonic)
+        self.abandoned = False
+
+    def begin(self, index: int, outputs: list[Any]) -> bool:
+        """Item ``index`` starts (False: the batch was abandoned, stop)."""
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.index = index
+            self.outputs = outputs
+            self.kept = len(outputs)
+            self.started = monotonic()
+            return True
+
+    def keep(self, outputs: list[Any], new: list[Any]) -> bool:
+        """The running item finished with outputs ``new`` (False: too late, it was abandoned)."""
+        with self.lock:
+            if self.abandoned:
+                return False
+            outputs.extend(new)
+            self.started = None
+            return True
+
+    def running(self) -> tuple[int, float] | None:
+        """The running item's index and start time, or None between items."""
+        with self.lock:
+            return None if self.started is None else (self.index, self.started)
+
+    def abandon(self, started: float) -> tuple[list[Any], int] | None:
+        """Give up the item that started at ``started``; return the outputs before it and its
+        index. None if that item has finished meanwhile."""
+        with self.lock:
+            if self.started != started:
+                return None
+            self.abandoned = True
+            return self.outputs[: self.kept], self.index
+
+
+def _run_watched_sync(
+    call: Callable[[Any], Any],
+    kind: Kind,
+    items: list[Any],
+    stop: StopFlag | None,
+    progress: Progress,
+) -> BatchResult:
+    outputs: list[Any] = []
+    flat = kind is Kind.FLAT
+    for i, item in enumerate(items):
+        if (stop is not None and stop.stopped) or not progress.begin(i, outputs):
+            return BatchResult(outputs, i, _Stopped())
+        try:
+            new = list(call(item)) if flat else [call(item)]
+        except BaseException as exc:  # noqa: BLE001 - handed to the runtime
+            return BatchResult(outputs, i, exc)
+        if not progress.keep(outputs, new):
+            return BatchResult(outputs, i, _Stopped())
+    return BatchResult(outputs, len(items), None)
+
+
+async def _run_watched_async(
+    call: Callable[[Any], Any],
+    kind: Kind,
+    items: list[Any],
+    stop: StopFlag | None,
+    per_item: float | None,
+    progress: Progress | None,
+    name: str,
+) -> BatchResult:
+    outputs: list[Any] = []
+    loop = asyncio.get_running_loop()
+    # One deadline for the batch, moved at each item: a sync callable on the loop cannot be
+    # interrupted, so it is not timed here.
+    timed = per_item is not None and kind.is_async
+    span = per_item or 0.0
+    deadline = asyncio.timeout(None)
+    i = 0
+    try:
+        async with deadline:
+            for i, item in enumerate(items):
+                if stop is not None and stop.stopped:
+                    return BatchResult(outputs, i, _Stopped())
+                if progress is not None and not progress.begin(i, outputs):
+                    return BatchResult(outputs, i, _Stopped())
+                if timed:
+                    deadline.reschedule(loop.time() + span)
+                if kind is Kind.AMAP:
+                    new = [await call(item)]
+                elif kind is Kind.AFLAT:
+                    new = [y async for y in call(item)]
+                elif kind is Kind.MAP:
+                    new = [call(item)]
+                else:
+                    new = list(call(item))
+                if timed:
+                    deadline.reschedule(None)
+                if progress is None:
+                    outputs.extend(new)
+                elif not progress.keep(outputs, new):
+                    return BatchResult(outputs, i, _Stopped())
+    except TimeoutError as exc:
+        # Our deadline, or a TimeoutError of the user's own (which is an ordinary error).
+        if deadline.expired() and per_item is not None:
+            return BatchResult(outputs, i, item_timeout(name, per_item))
+        return BatchResult(outputs, i, exc)
+    except Exception as exc:  # noqa: BLE001 - handed to the error policy
+        return BatchResult(outputs, i, exc)
+    return BatchResult(outputs, len(items), None)
+
+
 class WorkerCall:
     """One worker's callable (for a class: its own instance) and how to close it."""
 
@@ -141,7 +298,7 @@ class WorkerCall:
 def open_worker_call_sync(layer: Layer[Any, Any], runner: asyncio.Runner | None) -> WorkerCall:
     """Build a worker's callable in this thread or process (entering the instance if needed)."""
     if not layer.is_class:
-        return WorkerCall(layer.fn, layer.kind, None, False)
+        return _keyed(layer, WorkerCall(layer.fn, layer.kind, None, False))
     instance = layer.fn(*layer.args, **layer.kwargs)
     entered = False
     if hasattr(instance, "__enter__"):
@@ -152,7 +309,14 @@ def open_worker_call_sync(layer: Layer[Any, Any], runner: asyncio.Runner | None)
             raise RuntimeError("an async context manager needs an event loop runner")
         runner.run(instance.__aenter__())
         entered = True
-    return WorkerCall(instance, layer.kind, instance, entered)
+    return _keyed(layer, WorkerCall(instance, layer.kind, instance, entered))
+
+
+def _keyed(layer: Layer[Any, Any], wc: WorkerCall) -> WorkerCall:
+    """Under a checkpoint, the worker's call takes and returns keyed items (see ``_keyed``)."""
+    if getattr(layer, "keyed", False):
+        wc.call = keyed_call(wc.call, wc.kind)
+    return wc
 
 
 def close_worker_call_sync(wc: WorkerCall, runner: asyncio.Runner | None) -> None:
@@ -184,7 +348,7 @@ async def _await(awaitable: Any) -> Any:
 async def open_worker_call_async(layer: Layer[Any, Any]) -> WorkerCall:
     """Build a worker's callable on the event loop (entering the instance if needed)."""
     if not layer.is_class:
-        return WorkerCall(layer.fn, layer.kind, None, False)
+        return _keyed(layer, WorkerCall(layer.fn, layer.kind, None, False))
     instance = layer.fn(*layer.args, **layer.kwargs)
     entered = False
     if hasattr(instance, "__aenter__"):
@@ -193,7 +357,7 @@ async def open_worker_call_async(layer: Layer[Any, Any]) -> WorkerCall:
     elif hasattr(instance, "__enter__"):
         instance.__enter__()
         entered = True
-    return WorkerCall(instance, layer.kind, instance, entered)
+    return _keyed(layer, WorkerCall(instance, layer.kind, instance, entered))
 
 
 async def close_worker_call_async(wc: WorkerCall) -> None:

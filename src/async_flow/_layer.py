@@ -8,6 +8,8 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+from ._policy import Policy, Raise
+
 __all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
 
 In = TypeVar("In")
@@ -87,6 +89,14 @@ class Layer(Generic[In, Out]):
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.
         args, kwargs: constructor arguments when ``fn`` is a class.
         options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...).
+        on_error: what to do with an item whose function raised: an error policy
+            (:class:`~async_flow.Raise`, the default, fails the run; :class:`~async_flow.Skip`,
+            :class:`~async_flow.Retry`, :class:`~async_flow.DeadLetter` keep it going).
+        timeout: seconds one item may take. A late item fails with
+            :class:`~async_flow.ItemTimeout`, which goes through ``on_error``: async work is
+            cancelled; a thread, process or actor stuck on the item is abandoned or stopped and
+            replaced by a fresh worker. A plain function on the ``"async"`` backend runs on the
+            event loop and cannot be timed out.
 
     Example::
 
@@ -107,9 +117,11 @@ class Layer(Generic[In, Out]):
         "kwargs",
         "maxsize",
         "name",
+        "on_error",
         "options",
         "ordered",
         "stream",
+        "timeout",
         "workers",
     )
 
@@ -125,6 +137,8 @@ class Layer(Generic[In, Out]):
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
     ) -> None:
         label = name or _describe(fn)
         if not callable(fn):
@@ -138,6 +152,15 @@ class Layer(Generic[In, Out]):
                 raise TypeError(f"Layer {label!r}: maxsize must be an int, got {maxsize!r}")
             if maxsize < 1:
                 raise ValueError(f"Layer {label!r}: maxsize must be >= 1, got {maxsize}")
+        if on_error is not None and not isinstance(on_error, Policy):
+            raise TypeError(
+                f"Layer {label!r}: on_error must be a policy (af.Skip(), af.Retry(...), ...),"
+                f" got {on_error!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise ValueError(f"Layer {label!r}: timeout must be a number > 0, got {timeout!r}")
         if backend is not None and backend not in BACKENDS:
             valid = ", ".join(repr(b) for b in BACKENDS)
             raise ValueError(f"Layer {label!r}: unknown backend {backend!r}; valid: {valid}")
@@ -166,9 +189,22 @@ class Layer(Generic[In, Out]):
         self.args = tuple(args)
         self.kwargs: Mapping[str, Any] = dict(kwargs or {})
         self.options: Mapping[str, Any] = dict(options or {})
+        self.on_error: Policy = on_error if on_error is not None else Raise()
+        self.timeout: float | None = float(timeout) if timeout is not None else None
         #: For helper layers that read their whole input channel at once (see ``_helpers``):
         #: an async generator function taking the channel and yielding lists of outputs.
         self.stream: Callable[[Any], AsyncIterator[list[Any]]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to worker processes and actors without its error policy, which only ever runs
+        # in the parent: a dead-letter sink (an open file, a connection) need not pickle.
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["on_error"] = Raise()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     @classmethod
     def _from_stream(

@@ -12,11 +12,16 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
+from ._checkpoint import Checkpoint, Lineage
+from ._errors import Interrupted
 from ._layer import DEFAULT_MAXSIZE, Layer
+from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import LayerRun
-from ._source import Merge, SourceCounters, _check_source, feed
-from ._stats import SourceStats
+from ._sampler import Sampler
+from ._signals import watch_signals
+from ._source import Merge, SourceCounters, _check_source, feed, source_length
+from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
 
 __all__ = ("Stream", "open_stream", "pipeline", "run")
@@ -24,6 +29,9 @@ __all__ = ("Stream", "open_stream", "pipeline", "run")
 T = TypeVar("T")
 
 Source = Iterable[Any] | AsyncIterable[Any] | Merge[Any]
+
+#: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 def _check(source: Any, layers: tuple[Any, ...]) -> None:
@@ -39,20 +47,44 @@ def _check(source: Any, layers: tuple[Any, ...]) -> None:
 class _Run:
     """One execution of a pipeline: owns its channels, tasks, threads and workers."""
 
-    def __init__(self, source: Any, layers: tuple[Layer[Any, Any], ...]) -> None:
+    def __init__(
+        self,
+        source: Any,
+        layers: tuple[Layer[Any, Any], ...],
+        progress: ProgressOption = None,
+        total: int | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
         _check(source, layers)
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+            raise TypeError(f"total must be an int, got {total!r}")
         self.source = source
         self.layers = layers
+        self.checkpoint = checkpoint
         self.source_counters = SourceCounters()
         self.layer_runs: list[LayerRun] = []
         self.status = "running"
         self._started = perf_counter()
         self._ended: float | None = None
         self._first_send: SendChannel[Any] | None = None
+        self._source_ended: float | None = None
+        self.sampler = Sampler(
+            self._read_counters,
+            resolve_progress(progress),
+            total if total is not None else source_length(source),
+        )
+        # Graceful shutdown (see interrupt()).
+        self.drain_timeout = DEFAULT_DRAIN_TIMEOUT
+        self.signum: int | None = None
+        self.aborted = False
+        self._tg: TaskGroup | None = None
+        self._source_task: asyncio.Task[None] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
         self._started = perf_counter()
+        self.sampler.restart_clock()
         try:
             return await self._execute(output)
         except Carried as carried:
@@ -62,7 +94,19 @@ class _Run:
                 output.close()
 
     async def _execute(self, output: SendChannel[Any] | None) -> Report:
-        layers = self.layers
+        if self.checkpoint is None:
+            return await self._execute_layers(output, None)
+        lineage = Lineage(self.checkpoint, self.layers)
+        try:
+            await lineage.open()
+            return await self._execute_layers(output, lineage)
+        finally:
+            await finish(lineage.aclose())
+
+    async def _execute_layers(
+        self, output: SendChannel[Any] | None, lineage: Lineage | None
+    ) -> Report:
+        layers = self.layers if lineage is None else lineage.layers
         channels = [open_channel(layer.maxsize) for layer in layers]
         drain: ReceiveChannel[Any] | None = None
         if layers:
@@ -72,6 +116,7 @@ class _Run:
         else:  # nothing to run: the source is still read to its end
             first_send, drain = open_channel(DEFAULT_MAXSIZE)
         self._first_send = first_send
+        feed_into: Any = first_send if lineage is None else lineage.sender(first_send)
         # The last layer's outbox is the caller's output channel (a clone, so that the caller's own
         # side can be closed independently) or nothing at all.
         outboxes: list[SendChannel[Any] | None] = [
@@ -84,6 +129,7 @@ class _Run:
             self.layer_runs.append(
                 LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
             )
+            self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
             upstream.backend.connect(downstream.backend)
         started: list[LayerRun] = []
@@ -94,16 +140,24 @@ class _Run:
                 await lr.backend.start()
                 started.append(lr)
             async with TaskGroup() as tg:
+                self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
-                tg.start(
-                    feed(self.source, first_send, self.source_counters, chunk),
-                    name="async_flow:source",
-                )
+                if self.signum is None:
+                    source_task = self._source_task = tg.start(
+                        feed(self.source, feed_into, self.source_counters, chunk),
+                        name="async_flow:source",
+                    )
+                    source_task.add_done_callback(self._on_source_done)
+                    work = [source_task]
+                else:  # interrupted while the backends started: read nothing
+                    feed_into.close()
+                    work = []
                 if drain is not None:
-                    tg.start(_drain(drain), name="async_flow:drain")
+                    work.append(tg.start(_drain(drain), name="async_flow:drain"))
                 for lr in self.layer_runs:
-                    tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}")
-            self.status = "completed"
+                    work.append(tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}"))
+                tg.start(self.sampler.run(work), name="async_flow:sampler")
+            self.status = "completed" if self.signum is None else "interrupted"
         except asyncio.CancelledError:
             self.status = "cancelled"
             raise
@@ -111,15 +165,38 @@ class _Run:
             self.status = "failed"
             raise
         finally:
+            self._tg = None
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
             self._ended = perf_counter()
             for lr in started:
                 await finish(lr.backend.aclose())
         return self.report()
 
+    def interrupt(self, signum: int) -> None:
+        """A signal arrived: the first one drains the run, a second one aborts it.
+
+        Draining stops the source (closing the first channel, so end-of-stream flows down once
+        the items inside are through) and arms the drain timeout; aborting cancels every task.
+        """
+        if self.signum is not None:
+            self._abort()
+            return
+        self.signum = signum
+        if self._source_task is not None:
+            self.source_counters.request_stop(self._source_task.cancel)
+        self._abort_timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self.aborted = True
+        if self._tg is not None:
+            self._tg.cancel()
+
     def report(self) -> Report:
         """The report of this run so far (final once the run has ended)."""
         end = self._ended if self._ended is not None else perf_counter()
         blocked = self._first_send_blocked()
+        source_end = self._source_ended if self._source_ended is not None else end
         return Report(
             layers=tuple(lr.snapshot() for lr in self.layer_runs),
             source=SourceStats(
@@ -127,10 +204,19 @@ class _Run:
                 blocked_seconds=blocked,
                 elapsed=end - self._started,
                 exhausted=self.source_counters.exhausted,
+                running_seconds=source_end - self._started,
             ),
             elapsed=end - self._started,
             status=self.status,
+            timeline=self.sampler.timeline(),
+            failures=tuple(f for lr in self.layer_runs for f in lr.failures),
         )
+
+    def _read_counters(self) -> tuple[int, tuple[LayerStats, ...]]:
+        return self.source_counters.produced, tuple(lr.snapshot() for lr in self.layer_runs)
+
+    def _on_source_done(self, _: object) -> None:
+        self._source_ended = perf_counter()
 
     def _first_send_blocked(self) -> float:
         if self.layer_runs:
@@ -150,17 +236,73 @@ def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
     return lambda: next_recv.blocked_seconds
 
 
-async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
+async def _run_handling_signals(
+    source: Source,
+    layers: tuple[Layer[Any, Any], ...],
+    drain_timeout: float,
+    signals: bool,
+    progress: ProgressOption,
+    total: int | None,
+    checkpoint: Checkpoint | None,
+) -> _Run:
+    """Run to the end (or to an interruption); the caller raises :class:`Interrupted`."""
+    if isinstance(drain_timeout, bool) or not (
+        isinstance(drain_timeout, (int, float)) and drain_timeout >= 0
+    ):
+        raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout!r}")
+    run = _Run(source, layers, progress, total, checkpoint)
+    run.drain_timeout = drain_timeout
+    if not signals:
+        await run.execute(None)
+        return run
+    with watch_signals(run.interrupt):
+        await run.execute(None)
+    return run
+
+
+def _outcome(run: _Run) -> Report:
+    report = run.report()
+    if run.signum is not None:
+        # Even if the run happened to complete meanwhile: the caller asked to stop.
+        raise Interrupted(report, run.signum, drained=not run.aborted)
+    return report
+
+
+async def pipeline(
+    source: Source,
+    *layers: Layer[Any, Any],
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report:
     """Run ``source`` through ``layers`` to the end and return the :class:`Report`.
 
     Each layer's workers read from a bounded channel filled by the layer above; a full channel
     suspends the producer, so memory stays flat however long the source is. The last layer is the
     collector: its outputs are counted and dropped (use :func:`open_stream` to consume them).
 
-    The first exception in the source or any layer stops the run: the source stops, every worker
-    is cancelled, and the exception is re-raised as itself with a note naming the layer and item.
-    Cancelling the awaiting task stops everything the same way. Nothing the run started (tasks,
-    threads, processes, actors) outlives the call.
+    The first exception in the source or any layer stops the run (unless the layer's error policy
+    keeps it going): the source stops, every worker is cancelled, and the exception is re-raised
+    as itself with a note naming the layer and item. Cancelling the awaiting task stops
+    everything the same way. Nothing the run started (tasks, threads, processes, actors)
+    outlives the call.
+
+    On the main thread (and with ``handle_signals``), the first SIGINT or SIGTERM drains the run:
+    the source stops and the items already inside are finished and collected, for at most
+    ``drain_timeout`` seconds; a second signal (or the timeout) aborts it. Either way the call
+    raises :class:`~async_flow.Interrupted`, which carries the report (status ``"interrupted"``).
+    The previous signal handlers are restored when the call returns.
+
+    ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
+    terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
+    ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
+    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
+    for the "done of total" column and the ETA when the source has no ``len()``.
+
+    With a :class:`Checkpoint`, the run records each source item once its results are committed
+    and skips the items an earlier run recorded (see :class:`Checkpoint`).
 
     Example::
 
@@ -174,13 +316,27 @@ async def pipeline(source: Source, *layers: Layer[Any, Any]) -> Report:
         >>> report.layers[0].emitted
         100
     """
-    return await _Run(source, layers).execute(None)
+    run = await _run_handling_signals(
+        source, layers, drain_timeout, handle_signals, progress, total, checkpoint
+    )
+    return _outcome(run)
 
 
-def run(source: Source, *layers: Layer[Any, Any]) -> Report:
+def run(
+    source: Source,
+    *layers: Layer[Any, Any],
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report:
     """Run a pipeline from synchronous code (``asyncio.run`` around :func:`pipeline`).
 
-    Ctrl-C cancels the run, stops every worker, and raises ``KeyboardInterrupt``.
+    Ctrl-C (SIGINT) or SIGTERM drains the run, a second one aborts it, and the call raises
+    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`); a command-line
+    program exits with its ``exit_code`` (130 for SIGINT). ``progress`` and ``total`` are as for
+    :func:`pipeline`.
 
     Example::
 
@@ -196,7 +352,15 @@ def run(source: Source, *layers: Layer[Any, Any]) -> Report:
         raise RuntimeError(
             "af.run() cannot be called from a running event loop: await af.pipeline()"
         )
-    return asyncio.run(pipeline(source, *layers))
+    # Interrupted is raised out here, not from inside the event loop, which treats a
+    # KeyboardInterrupt escaping a task as fatal to the loop.
+    return _outcome(
+        asyncio.run(
+            _run_handling_signals(
+                source, layers, drain_timeout, handle_signals, progress, total, checkpoint
+            )
+        )
+    )
 
 
 class Stream(Generic[T]):
@@ -205,10 +369,25 @@ class Stream(Generic[T]):
     Use it as ``async with`` + ``async for`` in async code, or ``with`` + ``for`` in sync code (the
     run then happens on an event loop in a helper thread that the ``with`` block owns). Leaving the
     block early cancels the run; :attr:`report` is set once the run has ended.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> with af.open_stream(range(3), af.Layer(str, ordered=True)) as stream:
+        ...     items = list(stream)
+        >>> items, stream.report.layers[0].emitted
+        (['0', '1', '2'], 3)
     """
 
-    def __init__(self, source: Source, layers: tuple[Layer[Any, Any], ...], maxsize: int) -> None:
-        self._run = _Run(source, layers)
+    def __init__(
+        self,
+        source: Source,
+        layers: tuple[Layer[Any, Any], ...],
+        maxsize: int,
+        progress: ProgressOption = None,
+        total: int | None = None,
+    ) -> None:
+        self._run = _Run(source, layers, progress, total)
         self._maxsize = maxsize
         self._buffer: deque[Any] = deque()
         self._receive: ReceiveChannel[Any] | None = None
@@ -354,12 +533,17 @@ class Stream(Generic[T]):
 
 
 def open_stream(
-    source: Source, *layers: Layer[Any, Any], maxsize: int = DEFAULT_MAXSIZE
+    source: Source,
+    *layers: Layer[Any, Any],
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
 ) -> Stream[Any]:
     """Run a pipeline and consume the last layer's outputs as they come.
 
     ``maxsize`` bounds the output channel: a consumer that stops reading suspends the last layer,
-    which back-pressures the whole pipeline.
+    which back-pressures the whole pipeline. ``progress`` and ``total`` are as for
+    :func:`pipeline`.
 
     Example::
 
@@ -368,4 +552,4 @@ def open_stream(
         ...     print(list(squares))
         [0, 1, 4, 9, 16]
     """
-    return Stream(source, layers, maxsize)
+    return Stream(source, layers, maxsize, progress, total)

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._diagnosis import Bottleneck, diagnose
 from ._stats import LayerStats, SourceStats
+from ._timeline import Timeline
 
 __all__ = ("Failure", "Report")
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """One item that a layer gave up on (skipped or dead-lettered), as plain data."""
+    """One item a layer dead-lettered (see :class:`~async_flow.DeadLetter`), as plain data.
+
+    ``item`` is the item's bounded ``repr``; the item itself goes to the dead-letter sink.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> af.Failure("parse", "'x'", "ValueError", "not a number").to_dict()["layer"]
+        'parse'
+    """
 
     layer: str
     item: str
@@ -36,7 +48,11 @@ class Failure:
 class Report:
     """What a pipeline run did: one :class:`LayerStats` per layer, in order.
 
-    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``.
+    ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"`` (a signal
+    stopped the run: the report comes with :class:`~async_flow.Interrupted`). ``failures`` holds
+    the dead letters of every layer (see :class:`~async_flow.DeadLetter`).
+    :attr:`bottleneck` names the stage that limited throughput and what to change;
+    :attr:`timeline` holds the counters sampled during the run, which :meth:`plot` draws.
 
     Example::
 
@@ -51,6 +67,26 @@ class Report:
     elapsed: float
     status: str = "completed"
     failures: tuple[Failure, ...] = field(default_factory=tuple)
+    timeline: Timeline | None = None
+
+    @property
+    def bottleneck(self) -> Bottleneck | None:
+        """The stage that limited throughput, with what to change (``None`` without layers)."""
+        return diagnose(self.layers, self.source)
+
+    def plot(self, path: str | os.PathLike[str], *, title: str | None = None) -> None:
+        """Write a PNG of the run to ``path``: per layer, throughput, channel fill and busy workers.
+
+        Needs matplotlib (``pip install 'async_flow[plot]'``).
+
+        Example::
+
+            >>> import async_flow as af
+            >>> af.run(range(100), af.Layer(str)).plot("run.png")  # doctest: +SKIP
+        """
+        from ._plot import plot_report
+
+        plot_report(self, path, title=title)
 
     def layer(self, name: str) -> LayerStats:
         """The stats of the layer called ``name`` (``KeyError`` if there is none)."""
@@ -67,6 +103,8 @@ class Report:
             "source": self.source.to_dict(),
             "layers": [s.to_dict() for s in self.layers],
             "failures": [f.to_dict() for f in self.failures],
+            "bottleneck": None if (b := self.bottleneck) is None else b.to_dict(),
+            "timeline": None if self.timeline is None else self.timeline.to_dict(),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -100,6 +138,8 @@ class Report:
             f" {self.source.produced} source items"
         )
         out = [title, line(head), *(line(r) for r in rows)]
+        if (bottleneck := self.bottleneck) is not None:
+            out.append(f"bottleneck: {bottleneck.advice}")
         if self.failures:
             out.append(f"{len(self.failures)} failed item(s):")
             out.extend(

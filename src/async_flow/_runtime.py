@@ -8,17 +8,27 @@ reorder buffer when the layer is ordered).
 from __future__ import annotations
 
 import asyncio
+import random
 import reprlib
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._calls import BatchResult, _Stopped
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, _wait, _wake_all
+from ._errors import ItemTimeout, TooManyFailures, WorkerCrashed
+from ._keyed import Keyed
 from ._layer import Layer
+from ._policy import Action, DeadLetter, Policy, _GiveUp
+from ._report import Failure
 from ._stats import LayerCounters, LayerStats
 from ._taskgroup import Carried, TaskGroup, finish
 from .backends import Backend, get_backend
+
+if TYPE_CHECKING:
+    from ._checkpoint import Lineage
 
 __all__ = ("LayerRun", "short_repr")
 
@@ -121,6 +131,11 @@ class LayerRun:
         self._reorder = _Reorderer(2 * layer.workers * in_flight) if layer.ordered else None
         self._started_at = perf_counter()
         self._ended_at: float | None = None
+        #: Set by the run under a checkpoint: tracks which source items are finished.
+        self.lineage: Lineage | None = None
+        #: Dead letters of this layer, in the order they failed (for the report).
+        self.failures: list[Failure] = []
+        self._random = random.Random()
 
     # --- statistics -----------------------------------------------------------------------
 
@@ -145,6 +160,8 @@ class LayerRun:
             queued=len(self.inbox),
             maxsize=self.inbox.maxsize,
             elapsed=end - self._started_at,
+            dead_letters=c.dead_letters,
+            timeouts=c.timeouts,
         )
 
     # --- running --------------------------------------------------------------------------
@@ -201,24 +218,28 @@ class LayerRun:
         outbox = self.outbox.clone() if self.outbox is not None else None
         try:
             inbox = self.inbox
-            backend = self.backend
             counters = self.counters
             sizer = self._sizer
             spread = self._spread
             reorder = self._reorder
+            lineage = self.lineage
             while True:
                 try:
                     items = await inbox.receive_batch(sizer.size(), spread)
                 except EndOfChannel:
-                    return
+                    # Under a checkpoint the collector may still owe the ledger some keys.
+                    if lineage is None or not lineage.owed(self.index):
+                        return
+                    items = []
                 seq = self._seq
                 self._seq = seq + 1
                 n = len(items)
                 counters.received += n
                 counters.busy_workers += 1
+                extra = 0 if lineage is None else lineage.before(self.index, items)
                 start = perf_counter()
                 try:
-                    result = await backend.run_batch(slot, items)
+                    result = await self._run_batch(slot, items)
                     outputs = result.outputs
                     if result.error is not None:
                         outputs = await self._recover(
@@ -228,8 +249,10 @@ class LayerRun:
                     elapsed = perf_counter() - start
                     counters.busy_workers -= 1
                     counters.busy_seconds += elapsed
-                sizer.observe(elapsed, n)
-                counters.emitted += len(outputs)
+                sizer.observe(elapsed, n + extra)
+                if lineage is not None:
+                    lineage.after(self.index, items, outputs)
+                counters.emitted += len(outputs) - extra
                 if reorder is not None:
                     await reorder.put(seq, outputs, outbox)
                 elif outputs and outbox is not None:
@@ -241,13 +264,102 @@ class LayerRun:
     async def _recover(
         self, slot: int, items: list[Any], done: int, error: BaseException, outputs: list[Any]
     ) -> list[Any]:
-        """An item of the batch raised: apply the layer's error policy (default: fail fast)."""
-        item = items[done]
-        self.counters.failed += 1
-        self._annotate(error, item)
-        if not isinstance(error, Exception):
-            raise Carried(error)
-        raise error
+        """``items[done]`` raised ``error``: apply the layer's error policy to it, run the rest of
+        the batch, and so on until the batch is through. Returns the batch's outputs in order.
+
+        Only ``Exception`` reaches the policy. A retried item runs again alone at the head of the
+        rest of its batch, in the same worker, so an ordered layer's outputs stay in order.
+        """
+        counters = self.counters
+        policy = self.layer.on_error
+        outputs = list(outputs)
+        failures = 1  # how many times items[done] has failed
+        while True:
+            item = items[done]
+            # Under a checkpoint items travel wrapped with their source key: name the item itself.
+            shown = item.value if isinstance(item, Keyed) else item
+            if isinstance(error, ItemTimeout):
+                counters.timeouts += 1
+            if not isinstance(error, Exception):
+                counters.failed += 1
+                self._annotate(error, shown)
+                raise Carried(error)
+            if isinstance(error, _Stopped):  # the run is being torn down
+                raise error
+            decision = policy.decide(error, failures, self._random.random())
+            action = decision.action
+            if action is Action.RETRY:
+                counters.retried += 1
+                if decision.delay > 0:
+                    await asyncio.sleep(decision.delay)
+                start = done
+            elif action is Action.SKIP:
+                counters.skipped += 1
+                if self.lineage is not None:  # not finished: a resumed run does it again
+                    self.lineage.drop(item)
+                self._check_threshold(decision.policy, counters.skipped, error, shown)
+                start = done + 1
+            elif action is Action.DEAD_LETTER:
+                counters.failed += 1
+                counters.dead_letters += 1
+                if self.lineage is not None:
+                    self.lineage.drop(item)
+                await self._dead_letter(decision.policy, shown, error)
+                self._check_threshold(decision.policy, counters.dead_letters, error, shown)
+                start = done + 1
+            else:
+                counters.failed += 1
+                self._annotate(error, shown)
+                if failures > 1:
+                    error.add_note(f"async_flow: the item failed {failures} times")
+                raise error
+            if start >= len(items):
+                return outputs
+            result = await self._run_batch(slot, items[start:])
+            outputs.extend(result.outputs)
+            if result.error is None:
+                return outputs
+            failures = failures + 1 if (start == done and result.done == 0) else 1
+            done = start + result.done
+            error = result.error
+
+    async def _run_batch(self, slot: int, items: list[Any]) -> BatchResult:
+        """``backend.run_batch``; a raised ``WorkerCrashed`` becomes the first item's error."""
+        try:
+            return await self.backend.run_batch(slot, items)
+        except WorkerCrashed as crashed:
+            return BatchResult([], 0, crashed)
+
+    def _check_threshold(self, policy: Policy, given_up: int, error: Exception, item: Any) -> None:
+        if not isinstance(policy, _GiveUp):
+            return
+        # Measured against every item received so far, including those other workers hold: a
+        # little lenient while batches are in flight, never alarmed by an early burst.
+        reason = policy.exceeded(given_up, self.counters.received)
+        if reason is not None:
+            raise TooManyFailures(
+                f"layer {self.layer.name!r} gave up: {reason}; last on item {short_repr(item)}:"
+                f" {type(error).__name__}: {error}"
+            ) from error
+
+    async def _dead_letter(self, policy: Policy, item: Any, error: Exception) -> None:
+        failure = Failure(
+            layer=self.layer.name,
+            item=short_repr(item),
+            error_type=type(error).__qualname__,
+            message=str(error),
+            traceback="".join(traceback.format_exception(error)),
+        )
+        self.failures.append(failure)
+        if isinstance(policy, DeadLetter):
+            try:
+                await policy.deliver(item, failure)
+            except Exception as exc:
+                exc.add_note(
+                    f"async_flow: raised by the dead-letter sink of layer {self.layer.name!r}"
+                    f" on item {short_repr(item)}"
+                )
+                raise
 
     def _annotate(self, error: BaseException, item: Any) -> None:
         error.add_note(

@@ -11,7 +11,16 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Set,
+)
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
@@ -76,13 +85,46 @@ def source_length(source: Any) -> int | None:
 
 
 class SourceCounters:
-    """How many items the source produced (runtime-internal)."""
+    """How many items the source produced, and the request to stop reading (runtime-internal)."""
 
-    __slots__ = ("exhausted", "produced")
+    __slots__ = ("exhausted", "produced", "sending", "stopping")
 
     def __init__(self) -> None:
         self.produced = 0
         self.exhausted = False
+        self.sending = 0  # feeds suspended in a send right now
+        self.stopping = False
+
+    def request_stop(self, cancel: Callable[[], object]) -> None:
+        """Stop reading the source, keeping every item already counted as produced.
+
+        A feed suspended in a send finishes it (those items are in the pipeline) and then stops;
+        if none is, ``cancel`` (the feed task's) stops the feeds waiting on their sources now.
+        """
+        self.stopping = True
+        if self.sending == 0:
+            cancel()
+
+
+async def _send(out: SendChannel[Any], items: list[Any], counters: SourceCounters) -> bool:
+    """Send ``items``, counting each as produced once the channel holds it; False once the source
+    is asked to stop (the items not yet in the channel are then left out)."""
+    counters.sending += 1
+    try:
+        pos, end = 0, len(items)
+        while pos < end:
+            if counters.stopping:
+                return False
+            # No more than fits now (at least one, which waits for room), so that a stop request
+            # never waits for a whole chunk that the pipeline has not taken yet.
+            stats = out.statistics()
+            piece = items[pos : pos + max(1, stats.maxsize - stats.buffered)]
+            await out.send_batch(piece)
+            counters.produced += len(piece)
+            pos += len(piece)
+    finally:
+        counters.sending -= 1
+    return not counters.stopping
 
 
 class _Handoff:
@@ -171,8 +213,8 @@ async def _feed_blocking(
     pumping = thread.submit(handoff.pump, iterator)
     try:
         while items := await handoff.take():
-            counters.produced += len(items)
-            await out.send_batch(items)
+            if not await _send(out, items, counters):
+                return
     finally:
         handoff.stop()
         # Runs the generator's own cleanup (its finally blocks) in the thread it ran in.
@@ -187,8 +229,8 @@ async def _feed_collection(
 ) -> None:
     iterator = iter(source)
     while items := list(islice(iterator, chunk)):
-        counters.produced += len(items)
-        await out.send_batch(items)
+        if not await _send(out, items, counters):
+            return
 
 
 async def _feed_async(
@@ -197,8 +239,8 @@ async def _feed_async(
     iterator: AsyncIterator[Any] = aiter(source)
     try:
         async for item in iterator:
-            counters.produced += 1
-            await out.send_batch([item])
+            if not await _send(out, [item], counters):
+                return
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
@@ -232,4 +274,4 @@ async def feed(source: Any, out: SendChannel[Any], counters: SourceCounters, chu
     except Exception as exc:
         exc.add_note(f"async_flow: raised by the source after {counters.produced} item(s)")
         raise
-    counters.exhausted = True
+    counters.exhausted = not counters.stopping

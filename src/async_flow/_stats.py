@@ -26,6 +26,7 @@ class LayerCounters:
         "restarts",
         "retried",
         "skipped",
+        "timeouts",
         "workers",
     )
 
@@ -37,6 +38,7 @@ class LayerCounters:
         self.retried = 0
         self.restarts = 0
         self.dead_letters = 0
+        self.timeouts = 0
         self.busy_seconds = 0.0
         self.busy_workers = 0
         self.workers = workers
@@ -50,6 +52,20 @@ class LayerStats:
     of the layer's capacity that was used. ``wait_seconds`` is time its workers spent waiting for
     input (an empty input channel), ``blocked_seconds`` time they spent suspended on a full output
     channel.
+
+    Every item a layer receives ends one way: it completes (its outputs, one for a plain
+    function, zero or more for a generator, count in ``emitted``), it is ``skipped``, or it
+    ``failed`` (dead-lettered, or it stopped the run). So for a one-output layer that ran to the
+    end, ``received == emitted + skipped + failed``. ``dead_letters`` is the part of ``failed``
+    recorded in the report; ``retried`` counts re-runs (not items); ``timeouts`` counts every
+    attempt that ran out of time, retried or not.
+
+    Example::
+
+        >>> import async_flow as af
+        >>> stats = af.run(range(10), af.Layer(str, 2, name="text")).layer("text")
+        >>> stats.received, stats.emitted, stats.workers, 0 <= stats.busy_fraction <= 1
+        (10, 10, 2, True)
     """
 
     name: str
@@ -68,6 +84,8 @@ class LayerStats:
     queued: int
     maxsize: int
     elapsed: float
+    dead_letters: int = 0
+    timeouts: int = 0
 
     @property
     def busy_fraction(self) -> float:
@@ -99,12 +117,24 @@ class LayerStats:
 
 @dataclass(frozen=True, slots=True)
 class SourceStats:
-    """A frozen snapshot of the source: items produced and time blocked on the first channel."""
+    """A frozen snapshot of the source: items produced and time blocked on the first channel.
+
+    ``running_seconds`` is how long the source ran before it was exhausted or stopped (``None``:
+    as long as the run).
+
+    Example::
+
+        >>> import async_flow as af
+        >>> source = af.run(range(10), af.Layer(str)).source
+        >>> source.produced, source.exhausted
+        (10, True)
+    """
 
     produced: int
     blocked_seconds: float
     elapsed: float
     exhausted: bool
+    running_seconds: float | None = None
 
     @property
     def blocked_fraction(self) -> float:

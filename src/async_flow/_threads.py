@@ -65,12 +65,21 @@ class WorkerThread:
                 try:
                     result = fn(*args)
                 except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting task
-                    self._post(fut, False, exc)
+                    if fut is not None:
+                        self._post(fut, False, exc)
                 else:
-                    self._post(fut, True, result)
+                    if fut is not None:
+                        self._post(fut, True, result)
                 del job, fn, args, fut
         finally:
             self._post(self._exited, True, None)
+
+    def abandon(self, job: Callable[[], None]) -> None:
+        """Give the thread up without waiting: it runs ``job`` and exits once its current job
+        returns, if ever. It keeps its name with ``:abandoned`` appended, for leak reports."""
+        self._thread.name = f"{self._thread.name}:abandoned"
+        self._jobs.put((job, (), None))
+        self._jobs.put(_STOP)
 
     async def aclose(self) -> None:
         """Ask the thread to stop after its queued jobs and wait until it has exited."""

@@ -1,4 +1,8 @@
-"""The ``"async"`` backend: each worker is an asyncio task on the run's event loop."""
+"""The ``"async"`` backend: each worker is an asyncio task on the run's event loop.
+
+A layer's ``timeout`` cancels the item's coroutine (its outputs so far are dropped) and the item
+fails with :class:`~async_flow.ItemTimeout`; the worker goes on with the next item.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,10 @@ class AsyncBackend(Backend):
 
     async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
         wc = self._calls[slot]
-        return await run_batch_async(wc.call, wc.kind, items)
+        layer = self.layer
+        if layer.timeout is None:
+            return await run_batch_async(wc.call, wc.kind, items)
+        return await run_batch_async(wc.call, wc.kind, items, None, layer.timeout, None, layer.name)
 
     async def close_worker(self, slot: int) -> None:
         wc = self._calls.pop(slot, None)

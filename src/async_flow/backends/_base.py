@@ -5,6 +5,23 @@ backend only runs batches of items for numbered worker *slots*. A slot is one wo
 thread, a process or an actor. The runtime opens slots, calls :meth:`Backend.run_batch` from up to
 :attr:`Backend.batches_in_flight` tasks per slot, and closes them. Adding a backend is one module
 that subclasses :class:`Backend` and an entry in ``async_flow.backends``.
+
+What every backend owes the runtime:
+
+- **Errors** raised by the user's function are returned in the :class:`BatchResult` (outputs of
+  the items before, the index of the failing item, the exception), never raised; the runtime
+  applies the layer's error policy and calls :meth:`Backend.run_batch` again with the rest of
+  the batch (possibly the same item again, for a retry). A worker that died holding an item
+  gives that item a :class:`~async_flow.WorkerCrashed` error the same way (see ``_crash``).
+- **Timeouts**: if ``layer.timeout`` is set, no item may run longer than that, counted from
+  when the worker starts it. A late item ends the result with the error
+  ``item_timeout(layer.name, layer.timeout)`` (an :class:`~async_flow.ItemTimeout`), its outputs
+  dropped, and the items after it untried. Work that can be cancelled is cancelled; a worker
+  that cannot be interrupted (a thread, a process, an actor) is abandoned or killed and the slot
+  gets a fresh one (``self.restarts += 1``) before its next batch. The runtime counts timeouts.
+- **Signals**: workers ignore SIGINT; the run alone coordinates a Ctrl-C (drain, then abort).
+  :meth:`stop` means the run is aborting: stop at the next item boundary or kill.
+- **Policies stay in the parent**: a pickled :class:`~async_flow.Layer` carries no error policy.
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""IO-bound: 2,000 items each awaiting 10 ms, 100 workers. The ideal is 2000 * 0.01 / 100 = 0.2 s.
+
+Run: ``python benchmarks/bench_io.py``. Ratios are to the ideal time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import async_flow as af
+from _harness import Result, measure, table
+
+N, WORKERS, DELAY = 2_000, 100, 0.010
+IDEAL = N * DELAY / WORKERS
+
+
+async def io(x: int) -> int:
+    await asyncio.sleep(DELAY)
+    return x
+
+
+def flow() -> None:
+    report = af.run(range(N), af.Layer(io, WORKERS), af.Layer(lambda x: x))
+    assert report.layers[0].emitted == N
+
+
+def semaphore_gather() -> None:
+    """The hand-written reference: gather under a semaphore."""
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(WORKERS)
+
+        async def one(x: int) -> int:
+            async with sem:
+                return await io(x)
+
+        await asyncio.gather(*(one(i) for i in range(N)))
+
+    asyncio.run(main())
+
+
+def aiostream_run() -> None:
+    from aiostream import pipe, stream
+
+    async def main() -> None:
+        xs = stream.iterate(range(N)) | pipe.map(io, task_limit=WORKERS)
+        async with xs.stream() as it:
+            async for _ in it:
+                pass
+
+    asyncio.run(main())
+
+
+def pypeln_task() -> None:
+    import pypeln as pl
+
+    async def source():
+        for i in range(N):
+            yield i
+
+    list(pl.task.map(io, source(), workers=WORKERS, maxsize=WORKERS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    results = [Result("ideal", IDEAL, N)]
+    for name, fn in {
+        "async_flow": flow,
+        "gather + semaphore": semaphore_gather,
+        "aiostream": aiostream_run,
+        "pypeln.task": pypeln_task,
+    }.items():
+        results.append(measure(name, fn, N, args.repeat))
+    print(table(f"{N:,} items x {DELAY * 1000:.0f} ms IO, {WORKERS} workers", results, "ideal"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Per-item overhead: three trivial layers over 200,000 ints, side by side with the peers.
+
+Run: ``python benchmarks/bench_overhead.py`` (peers from ``pip install -e ".[bench]"``).
+Ratios are to a hand-written pipeline of ``asyncio.Queue`` stages, one task each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable
+
+import async_flow as af
+from _harness import Result, measure, table
+
+N = 200_000
+
+
+async def a1(x: int) -> int:
+    return x + 1
+
+
+async def a2(x: int) -> int:
+    return x * 2
+
+
+async def a3(x: int) -> int:
+    return x - 1
+
+
+def s1(x: int) -> int:
+    return x + 1
+
+
+def s2(x: int) -> int:
+    return x * 2
+
+
+def s3(x: int) -> int:
+    return x - 1
+
+
+EXPECTED = sum((x + 1) * 2 - 1 for x in range(N))
+
+
+def check(total: int) -> None:
+    if total != EXPECTED:
+        raise AssertionError(f"wrong result {total} != {EXPECTED}")
+
+
+def hand_written() -> None:
+    """The baseline: what one writes by hand with asyncio.Queue and a None sentinel."""
+
+    async def stage(fn: Callable[[int], object], q_in: asyncio.Queue, q_out: asyncio.Queue) -> None:
+        while (x := await q_in.get()) is not None:
+            await q_out.put(await fn(x))  # type: ignore[misc]
+        await q_out.put(None)
+
+    async def main() -> int:
+        qs: list[asyncio.Queue] = [asyncio.Queue(256) for _ in range(4)]
+
+        async def feed() -> None:
+            for i in range(N):
+                await qs[0].put(i)
+            await qs[0].put(None)
+
+        async def sink() -> int:
+            total = 0
+            while (x := await qs[3].get()) is not None:
+                total += x
+            return total
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(feed())
+            for i, fn in enumerate((a1, a2, a3)):
+                tg.create_task(stage(fn, qs[i], qs[i + 1]))
+            result = tg.create_task(sink())
+        return result.result()
+
+    check(asyncio.run(main()))
+
+
+def flow_async() -> None:
+    async def main() -> int:
+        total = 0
+        async with af.open_stream(range(N), af.Layer(a1), af.Layer(a2), af.Layer(a3)) as out:
+            async for x in out:
+                total += x
+        return total
+
+    check(asyncio.run(main()))
+
+
+def flow_async_collector() -> None:
+    total = 0
+
+    async def collect(x: int) -> None:
+        nonlocal total
+        total += x
+
+    af.run(range(N), af.Layer(a1), af.Layer(a2), af.Layer(a3), af.Layer(collect))
+    check(total)
+
+
+def flow_sync_collector() -> None:
+    total = 0
+
+    def collect(x: int) -> None:
+        nonlocal total
+        total += x
+
+    af.run(range(N), af.Layer(s1), af.Layer(s2), af.Layer(s3), af.Layer(collect))
+    check(total)
+
+
+def flow_sync_stream() -> None:
+    with af.open_stream(range(N), af.Layer(s1), af.Layer(s2), af.Layer(s3)) as out:
+        check(sum(out))
+
+
+def aiostream_run() -> None:
+    from aiostream import pipe, stream
+
+    async def main() -> int:
+        xs = (
+            stream.iterate(range(N))
+            | pipe.map(a1, task_limit=1)
+            | pipe.map(a2, task_limit=1)
+            | pipe.map(a3, task_limit=1)
+        )
+        total = 0
+        async with xs.stream() as it:
+            async for x in it:
+                total += x
+        return total
+
+    check(asyncio.run(main()))
+
+
+def pypeln_task() -> None:
+    import pypeln as pl
+
+    async def source():  # pypeln.task hangs on a plain iterable; give it an async one
+        for i in range(N):
+            yield i
+
+    stage = pl.task.map(a1, source(), workers=1, maxsize=256)
+    stage = pl.task.map(a2, stage, workers=1, maxsize=256)
+    stage = pl.task.map(a3, stage, workers=1, maxsize=256)
+    check(sum(stage))
+
+
+def pypeln_thread() -> None:
+    import pypeln as pl
+
+    stage = pl.thread.map(s1, range(N), workers=1, maxsize=256)
+    stage = pl.thread.map(s2, stage, workers=1, maxsize=256)
+    stage = pl.thread.map(s3, stage, workers=1, maxsize=256)
+    check(sum(stage))
+
+
+def streamable_run() -> None:
+    from streamable import stream
+
+    check(sum(stream(range(N)).map(s1).map(s2).map(s3)))
+
+
+def spdl_run() -> None:
+    from spdl.pipeline import PipelineBuilder
+
+    pipeline = (
+        PipelineBuilder()
+        .add_source(range(N))
+        .pipe(a1)
+        .pipe(a2)
+        .pipe(a3)
+        .add_sink(256)
+        .build(num_threads=1)
+    )
+    with pipeline.auto_stop():
+        check(sum(pipeline))
+
+
+CONTENDERS: dict[str, Callable[[], None]] = {
+    "asyncio.Queue by hand": hand_written,
+    "async_flow (async fns)": flow_async,
+    "async_flow (async fns, collector)": flow_async_collector,
+    "async_flow (plain fns, collector)": flow_sync_collector,
+    "async_flow (plain fns, sync for)": flow_sync_stream,
+    "aiostream": aiostream_run,
+    "pypeln.task": pypeln_task,
+    "pypeln.thread": pypeln_thread,
+    "streamable": streamable_run,
+    "spdl": spdl_run,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="substrings of contender names to run")
+    args = parser.parse_args()
+    results: list[Result] = []
+    for name, fn in CONTENDERS.items():
+        if args.only and name != "asyncio.Queue by hand" and not any(o in name for o in args.only):
+            continue
+        with contextlib.redirect_stderr(sys.stderr):
+            results.append(measure(name, fn, N, args.repeat))
+    print(table(f"3 trivial layers over {N:,} ints", results, "asyncio.Queue by hand"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,567 @@
+"""The ``"process"`` backend: each worker is a long-lived process, for CPU-bound layers.
+
+``af.Layer(score, 2, backend="process")`` starts two worker processes when the run starts, builds
+the layer's callable once in each (for a class: one instance per process), and sends them batches
+of items over a socket pair. The runtime sizes the batches from the measured per-item time (large
+for tiny work, one item at a time for slow work) and keeps two batches in flight per worker, so a
+worker always has its next batch waiting while the parent reads the last result.
+
+Shipping code
+    The function (or class and its constructor arguments) travels with ``cloudpickle``, so
+    lambdas, closures and functions defined in a script or a notebook cell work. Something that
+    cannot be pickled fails at pipeline start with :class:`~async_flow.SerializationError`, naming
+    the layer, before the source is read. An item or a result that cannot be pickled fails that
+    item (under the layer's error policy), naming it.
+
+Start method, ``__main__`` and Jupyter
+    Workers are fresh interpreters started with ``sys.executable -c ...`` (never a ``fork`` of the
+    parent, which is unsafe once the parent has threads, as an asyncio program always may). They
+    receive the parent's ``sys.path`` and never import the parent's ``__main__`` module:
+    functions and classes defined in ``__main__`` (a script or a notebook) travel by value. So a
+    script works with or without an ``if __name__ == "__main__":`` guard, and a notebook works as
+    is. The guard is still good practice, so that importing your script does not run the
+    pipeline. Functions from importable modules travel by reference and are imported in the
+    worker, as in the parent.
+
+Crashes
+    A worker that dies (SIGKILL, segfault, ``os._exit``, out of memory) is noticed at once through
+    its process handle (a pidfd on Linux), not a timeout. It is replaced by a fresh process and
+    the items it held are retried one at a time; an item that kills its worker three times fails
+    with :class:`~async_flow.WorkerCrashed` naming the layer, the item and the exit signal, and the
+    other items go on. ``report.layers[i].restarts`` and ``.retried`` count this.
+
+Timeouts
+    With ``Layer(timeout=...)``, items go to a worker one at a time and each must come back
+    within the timeout (shipping included); a worker that does not answer in time is killed and
+    replaced, and the item fails with :class:`~async_flow.ItemTimeout` under the layer's policy.
+
+    An exception raised by the function is not a crash: it comes back as its own type with the
+    worker's traceback attached as a note. ``SystemExit`` and ``KeyboardInterrupt`` raised by the
+    function travel back like on every other backend (the run re-raises them after clean-up).
+
+No orphans
+    Workers are owned by the run: closed at the end, killed on an error, a cancellation or
+    Ctrl-C (a worker in the middle of a batch is killed, an idle one closes its instance first).
+    They ignore SIGINT and sit in their own process group, so a Ctrl-C reaches only the parent,
+    which coordinates; and each one exits by itself within a fraction of a second if the parent
+    process dies, even if it is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from typing import Any
+
+from .._calls import BatchResult, item_timeout
+from .._errors import SerializationError, WorkerCrashed
+from .._layer import Layer
+from ._base import Backend
+from ._crash import WorkerLost, describe_exit, run_with_crash_retry
+from ._process_wire import (
+    BAD_BATCH,
+    BATCH,
+    CLOSE,
+    CLOSED,
+    HEADER,
+    INIT,
+    INIT_FAILED,
+    READY,
+    RESULT,
+    RemoteError,
+)
+
+__all__ = ("ProcessBackend",)
+
+_READ_CHUNK = 1 << 18
+
+_BOOT = (
+    "import sys; sys.path[:0] = {path!r}; "
+    "from async_flow.backends._process_worker import main; main()"
+)
+
+
+def _package_root() -> str:
+    import async_flow
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(async_flow.__file__)))
+
+
+Reply = tuple[int, bytes]
+
+
+class _Worker:
+    """One worker process and the parent's end of its socket.
+
+    Replies come back in the order requests were sent, so each request queues a future and the
+    reader resolves them first in, first out. When the process exits, the replies it managed to
+    write are still delivered, then every remaining request fails with :class:`WorkerLost`.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.proc = proc
+        self.sock = sock
+        self.pid = proc.pid
+        self.waiters: deque[asyncio.Future[Reply]] = deque()
+        self.exited: asyncio.Future[int] = self.loop.create_future()
+        self.exitcode: int | None = None
+        self.dead = False
+        #: A send was cut short: the stream is out of step and the worker can only be killed.
+        self.broken = False
+        #: The worker was asked to close: it will close its socket and exit.
+        self.closing = False
+        self._buffer = bytearray()
+        self._eof = False
+        self._pidfd: int | None = None
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd: EOF, then poll
+            self._pidfd = os.pidfd_open(proc.pid)
+            self.loop.add_reader(self._pidfd, self._on_exit)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        while not self._eof:
+            try:
+                chunk = sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._on_eof()
+                break
+            self._buffer += chunk
+            if len(chunk) < _READ_CHUNK:
+                break
+        self._deliver()
+
+    def _deliver(self) -> None:
+        buf = self._buffer
+        pos = 0
+        header = HEADER.size
+        while len(buf) - pos >= header:
+            size, op = HEADER.unpack_from(buf, pos)
+            end = pos + header + size
+            if len(buf) < end:
+                break
+            payload = bytes(buf[pos + header : end])
+            pos = end
+            if self.waiters:
+                fut = self.waiters.popleft()
+                if not fut.done():  # else its caller was cancelled: drop the reply
+                    fut.set_result((op, payload))
+        if pos:
+            del buf[:pos]
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self.loop.remove_reader(self.sock.fileno())
+        if not self.dead and not self.closing and self.proc.poll() is None:
+            # A live worker never closes its socket: it is exiting or broken. Make sure.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        if self._pidfd is None:
+            self._poll_exit()
+
+    def _poll_exit(self) -> None:
+        if self.proc.poll() is None:
+            self.loop.call_later(0.005, self._poll_exit)
+        else:
+            self._on_exit()
+
+    def _on_exit(self) -> None:
+        """The process has exited (its sentinel fired): deliver what it wrote, fail the rest."""
+        if self.dead:
+            return
+        self.dead = True
+        if self._pidfd is not None:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.exitcode = code = self.proc.wait()
+        if not self._eof:
+            self._on_readable()
+            if not self._eof:
+                self._eof = True
+                self.loop.remove_reader(self.sock.fileno())
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(WorkerLost(code, f"pid {self.pid}"))
+        self.sock.close()
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def request(self, op: int, payload: bytes) -> asyncio.Future[Reply]:
+        """Send one frame; the returned future resolves with the reply to it."""
+        fut: asyncio.Future[Reply] = self.loop.create_future()
+        if self.dead:
+            fut.set_exception(WorkerLost(self.exitcode, f"pid {self.pid}"))
+            return fut
+        self.waiters.append(fut)
+        try:
+            await self.loop.sock_sendall(self.sock, HEADER.pack(len(payload), op) + payload)
+        except OSError:
+            # The worker is gone (or going): its exit fails the future with WorkerLost.
+            self.kill()
+        except BaseException:
+            self.broken = True
+            raise
+        return fut
+
+    async def drained(self) -> None:
+        """Wait until every reply this worker owes has arrived (or it died)."""
+        while self.waiters:
+            await asyncio.wait([self.waiters[-1]])
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """Send SIGKILL (the exit is then seen through the sentinel)."""
+        if not self.dead:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+
+    def kill_now(self) -> None:
+        """Kill and reap at once, without the event loop (for clean-up paths)."""
+        self.kill()
+        if not self.dead:
+            self.proc.wait()
+            self._on_exit()
+
+    async def wait_exit(self) -> int:
+        if self.dead:
+            assert self.exitcode is not None
+            return self.exitcode
+        return await asyncio.shield(self.exited)
+
+
+class _Slot:
+    """One worker slot: its current process (replaced after a crash) and its send gate."""
+
+    __slots__ = ("gate", "index", "worker")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.worker: _Worker | None = None
+        #: Held while sending, and for a whole exchange when a retry must run alone.
+        self.gate = asyncio.Lock()
+
+
+class ProcessBackend(Backend):
+    """Runs a layer's function in long-lived worker processes (one per worker).
+
+    See the module documentation for start-up, shipping code, crashes and clean-up.
+    """
+
+    name = "process"
+    batches_in_flight = 2
+    # Two batches in flight: the measured time of a batch includes waiting behind the other one,
+    # so this asks for batches of about 10 ms of work, enough to make the per-batch cost of
+    # pickling and a socket round trip negligible, small enough to share the tail of a run evenly.
+    target_batch_seconds = 0.02
+    max_batch = 4096
+
+    def __init__(self, layer: Layer[Any, Any]) -> None:
+        super().__init__(layer)
+        self._slots: dict[int, _Slot] = {}
+        self._init_payload = b""
+        self._stopping = False
+        self._all: list[_Worker] = []
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import pickle
+
+        import cloudpickle
+
+        layer = self.layer
+        try:
+            layer_bytes = cloudpickle.dumps(layer)
+        except Exception as exc:
+            what = "its class or constructor arguments" if layer.is_class else "its function"
+            raise SerializationError(
+                f"layer {layer.name!r}: {what} cannot be pickled for a worker process:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+        self._init_payload = pickle.dumps((list(sys.path), layer_bytes))
+
+    async def _spawn(self) -> _Worker:
+        """Start a worker process and wait until it has built the layer's callable.
+
+        Raises :class:`WorkerLost` if the process dies while starting (a replacement that dies
+        counts as one more attempt for the item it was started for).
+        """
+        ours, theirs = socket.socketpair()
+        try:
+            fd = theirs.fileno()
+            # fork + exec returns as soon as the child has exec'd; its start-up is awaited below.
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOT.format(path=[_package_root()]),
+                    str(fd),
+                    str(os.getpid()),
+                ],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        worker = _Worker(proc, ours)
+        self._all.append(worker)
+        try:
+            op, payload = await (await worker.request(INIT, self._init_payload))
+        except WorkerLost:
+            raise
+        except BaseException:
+            worker.kill_now()
+            raise
+        if op == INIT_FAILED:
+            worker.kill_now()
+            raise self._remote_error(pickle_loads(payload), worker.pid)
+        assert op == READY, op
+        return worker
+
+    async def open_worker(self, slot: int) -> None:
+        state = _Slot(slot)
+        self._slots[slot] = state
+        try:
+            state.worker = await self._spawn()
+        except WorkerLost as lost:
+            raise WorkerCrashed(
+                f"layer {self.layer.name!r}: worker process {slot} died while starting"
+                f" ({describe_exit(lost.exitcode)})",
+                exitcode=lost.exitcode,
+            ) from None
+
+    async def close_worker(self, slot: int) -> None:
+        state = self._slots.pop(slot, None)
+        if state is None or state.worker is None or state.worker.dead:
+            return
+        worker = state.worker
+        if worker.broken or (self._stopping and worker.waiters):
+            worker.kill_now()
+            return
+        try:
+            await worker.drained()
+            if worker.dead:
+                return
+            worker.closing = True
+            op, payload = await (await worker.request(CLOSE, b""))
+        except WorkerLost as lost:
+            raise WorkerCrashed(
+                f"layer {self.layer.name!r}: worker process {slot} died while closing"
+                f" ({describe_exit(lost.exitcode)})",
+                exitcode=lost.exitcode,
+            ) from None
+        except BaseException:
+            worker.kill_now()
+            raise
+        await worker.wait_exit()
+        assert op == CLOSED, op
+        error = pickle_loads(payload)
+        if error is not None:
+            raise self._remote_error(error, worker.pid)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def aclose(self) -> None:
+        # Anything still running (a slot whose opening was cut short, a run torn down early).
+        for worker in self._all:
+            worker.kill_now()
+        self._all.clear()
+
+    # --- batches --------------------------------------------------------------------------------
+
+    async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
+        state = self._slots[slot]
+        if self.layer.timeout is not None:
+            return await self._run_timed(state, items, self.layer.timeout)
+
+        async def run_once(batch: list[Any]) -> BatchResult:
+            # A retry (one item, after a crash) runs alone on its worker, so that an innocent
+            # item is never lost alongside an item that keeps killing workers.
+            return await self._run_once(state, batch, solo=batch is not items)
+
+        return await run_with_crash_retry(
+            run_once, items, layer=self.layer.name, on_retry=self._count_retry
+        )
+
+    async def _run_timed(self, state: _Slot, items: list[Any], per_item: float) -> BatchResult:
+        """Run ``items`` one at a time, each alone on its worker and within ``per_item`` seconds.
+
+        A worker that does not answer in time is killed (replaced on the slot's next use) and the
+        item fails with :class:`~async_flow.ItemTimeout`. The time counted is the round trip: the
+        item's shipping, its call and its result's return.
+        """
+        outputs: list[Any] = []
+        for index, item in enumerate(items):
+            result = await run_with_crash_retry(
+                lambda batch: self._timed_once(state, batch, per_item),
+                [item],
+                layer=self.layer.name,
+                on_retry=self._count_retry,
+            )
+            outputs.extend(result.outputs)
+            if result.error is not None:
+                return BatchResult(outputs, index, result.error)
+        return BatchResult(outputs, len(items), None)
+
+    async def _timed_once(self, state: _Slot, items: list[Any], per_item: float) -> BatchResult:
+        import cloudpickle
+
+        try:
+            payload = cloudpickle.dumps(items)
+        except Exception:  # noqa: BLE001 - find the item at fault
+            return await self._unpicklable_items(state, items, solo=True)
+        async with state.gate:
+            worker = await self._healthy(state)
+            while worker.waiters:
+                await worker.drained()
+                worker = await self._healthy(state)
+            # The clock starts once the worker is free, so time spent queued is not counted.
+            fut = await worker.request(BATCH, payload)
+            await asyncio.wait((fut,), timeout=per_item)
+            if not fut.done():
+                fut.cancel()
+                worker.kill()
+                await worker.wait_exit()
+                return BatchResult([], 0, item_timeout(self.layer.name, per_item))
+            op, reply = fut.result()
+        if op == BAD_BATCH:
+            return await self._one_by_one(state, items, pickle_loads(reply))
+        assert op == RESULT, op
+        outputs, done, error = pickle_loads(reply)
+        return BatchResult(outputs, done, self._remote_error(error, worker.pid) if error else None)
+
+    def _count_retry(self, n: int) -> None:
+        self.retried += n
+
+    async def _healthy(self, state: _Slot) -> _Worker:
+        """The slot's worker, replaced first if it died. Called with the slot's gate held."""
+        worker = state.worker
+        if worker is None or worker.dead or worker.broken:
+            if worker is not None:
+                worker.kill_now()
+                with contextlib.suppress(ValueError):
+                    self._all.remove(worker)
+            worker = state.worker = await self._spawn()
+            self.restarts += 1
+        return worker
+
+    async def _run_once(self, state: _Slot, items: list[Any], *, solo: bool) -> BatchResult:
+        import cloudpickle
+
+        try:
+            payload = cloudpickle.dumps(items)
+        except Exception:  # noqa: BLE001 - find the item at fault
+            return await self._unpicklable_items(state, items, solo=solo)
+        if solo:
+            async with state.gate:
+                worker = await self._healthy(state)
+                while worker.waiters:
+                    await worker.drained()
+                    worker = await self._healthy(state)
+                op, reply = await (await worker.request(BATCH, payload))
+        else:
+            async with state.gate:
+                worker = await self._healthy(state)
+                fut = await worker.request(BATCH, payload)
+            op, reply = await fut
+        if op == BAD_BATCH:
+            return await self._one_by_one(state, items, pickle_loads(reply))
+        assert op == RESULT, op
+        outputs, done, error = pickle_loads(reply)
+        return BatchResult(outputs, done, self._remote_error(error, worker.pid) if error else None)
+
+    async def _unpicklable_items(
+        self, state: _Slot, items: list[Any], *, solo: bool
+    ) -> BatchResult:
+        """Run the items before the first one that cannot be pickled, then fail that one."""
+        import cloudpickle
+
+        from .._runtime import short_repr
+
+        for bad, item in enumerate(items):  # noqa: B007 - bad names the failing item
+            try:
+                cloudpickle.dumps(item)
+            except Exception as exc:  # noqa: BLE001
+                why = exc
+                break
+        else:  # each pickles alone: the batch as a whole is at fault (too deep, ...)
+            return await self._one_by_one(state, items, "the batch cannot be pickled")
+        error = SerializationError(
+            f"layer {self.layer.name!r}: item {short_repr(items[bad])} cannot be pickled for a"
+            f" worker process: {type(why).__name__}: {why}"
+        )
+        if bad == 0:
+            return BatchResult([], 0, error)
+        head = await self._run_once(state, items[:bad], solo=solo)
+        if head.error is not None:
+            return head
+        return BatchResult(head.outputs, bad, error)
+
+    async def _one_by_one(self, state: _Slot, items: list[Any], reason: str) -> BatchResult:
+        """The worker could not unpickle a batch: send its items alone to find the culprit."""
+        from .._runtime import short_repr
+
+        if len(items) == 1:
+            return BatchResult(
+                [],
+                0,
+                SerializationError(
+                    f"layer {self.layer.name!r}: item {short_repr(items[0])} cannot be unpickled"
+                    f" in a worker process: {reason}"
+                ),
+            )
+        outputs: list[Any] = []
+        for index, item in enumerate(items):
+            result = await self._run_once(state, [item], solo=True)
+            outputs.extend(result.outputs)
+            if result.error is not None:
+                return BatchResult(outputs, index, result.error)
+        return BatchResult(outputs, len(items), None)
+
+    def _remote_error(self, error: RemoteError, pid: int) -> BaseException:
+        """Rebuild an exception raised in a worker, with the worker's traceback as a note."""
+        blob, type_name, message, text = error
+        exc: BaseException | None = None
+        why = "it could not be pickled"
+        if blob is not None:
+            try:
+                exc = pickle_loads(blob)
+            except Exception as problem:  # noqa: BLE001 - replaced below
+                why = f"it could not be unpickled: {type(problem).__name__}: {problem}"
+        if not isinstance(exc, BaseException):
+            exc = SerializationError(
+                f"layer {self.layer.name!r}: a worker process raised {type_name}: {message} ({why})"
+            )
+        exc.add_note(f"async_flow: traceback in worker process {pid}:\n{text.rstrip()}")
+        return exc
+
+
+def pickle_loads(data: bytes) -> Any:
+    """``pickle.loads`` (cloudpickle's output is plain pickle data)."""
+    import pickle
+
+    return pickle.loads(data)

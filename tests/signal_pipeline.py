@@ -1,0 +1,64 @@
+"""A pipeline run as a command-line program, for the signal tests (not a test module).
+
+Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND
+
+Reads an endless source through a slow layer into a collector that appends each item to OUTPUT,
+prints "ready" once the first item is collected, and on interruption prints the report as JSON
+and exits with the signal's conventional status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import sys
+import time
+
+import async_flow as af
+
+
+def work(delay: float, x: int) -> int:
+    time.sleep(delay)
+    return x
+
+
+async def awork(delay: float, x: int) -> int:
+    await asyncio.sleep(delay)
+    return x
+
+
+def main() -> None:
+    path, delay, drain_timeout, backend = sys.argv[1:5]
+    seconds = float(delay)
+    with open(path, "w") as out:
+        announced = False
+
+        def collect(x: int) -> None:
+            nonlocal announced
+            out.write(f"{x}\n")
+            out.flush()
+            if not announced:
+                announced = True
+                print("ready", flush=True)
+
+        layer = (
+            af.Layer(functools.partial(awork, seconds), 4, backend=backend, maxsize=32)
+            if backend == "async"
+            else af.Layer(functools.partial(work, seconds), 4, backend=backend, maxsize=32)
+        )
+        try:
+            af.run(
+                itertools.count(),
+                layer,
+                af.Layer(collect, maxsize=32),
+                drain_timeout=float(drain_timeout),
+            )
+        except af.Interrupted as stop:
+            print(json.dumps({"drained": stop.drained, "report": stop.report.to_dict()}))
+            sys.exit(stop.exit_code)
+
+
+if __name__ == "__main__":
+    main()

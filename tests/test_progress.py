@@ -1,0 +1,379 @@
+"""Live progress: the rich table, log lines, callbacks, snapshots and the sampled timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+from rich.console import Console
+
+import async_flow as af
+from async_flow._progress import format_line, render, resolve_progress
+from async_flow._timeline import TimelineRecorder
+from tests.conftest import run_async
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _pass(x: int) -> int:
+    return x
+
+
+class Gate:
+    """A layer function that holds its first item until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+
+    def __call__(self, x: int) -> int:
+        if x == 0:
+            assert self.opened.wait(30), "the gate was never opened"
+        return x
+
+
+def _row(snapshot: af.ProgressSnapshot, name: str) -> af.LayerProgress:
+    return next(layer for layer in snapshot.layers if layer.name == name)
+
+
+# --- callbacks and snapshots ----------------------------------------------------------------
+
+
+def test_callback_sees_the_run_while_it_goes_and_at_the_end() -> None:
+    gate = Gate()
+    seen: list[af.ProgressSnapshot] = []
+
+    def on_progress(snapshot: af.ProgressSnapshot) -> None:
+        seen.append(snapshot)
+        row = _row(snapshot, "gate")
+        # The gated worker holds item 0: the snapshot must say so before we let it go.
+        if snapshot.status == "running" and row.busy_workers == 1 and row.done >= 1:
+            gate.opened.set()
+
+    report = af.run(
+        range(20),
+        af.Layer(gate, name="gate"),
+        af.Layer(_pass, name="save"),
+        progress=af.CallbackProgress(on_progress, interval=0.01),
+    )
+    assert gate.opened.is_set()
+    running = [s for s in seen if s.status == "running"]
+    assert running, "no snapshot was taken while the run was going"
+    assert any(_row(s, "gate").busy_workers == 1 for s in running)
+    last = seen[-1]
+    assert last.status == "completed"
+    assert [s.status for s in seen].count("completed") == 1
+    assert last.produced == 20
+    assert last.total == 20
+    assert [(r.name, r.done, r.total, r.emitted) for r in last.layers] == [
+        ("gate", 20, 20, 20),
+        ("save", 20, 20, 20),
+    ]
+    assert last.eta is None or last.eta == 0.0
+    assert report.layers[1].received == 20
+
+
+def test_snapshots_are_frozen_plain_data() -> None:
+    seen: list[af.ProgressSnapshot] = []
+    af.run(range(5), af.Layer(_pass, name="p"), progress=seen.append)
+    last = seen[-1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        last.status = "x"  # type: ignore[misc]
+    data = json.loads(last.to_json())
+    assert data == last.to_dict()
+    assert data["layers"][0]["name"] == "p"
+    assert data["layers"][0]["done"] == 5
+    assert data["status"] == "completed"
+
+
+def test_total_gives_an_unsized_source_a_goal_and_downstream_totals_follow_fan_out() -> None:
+    def numbers() -> Iterator[int]:
+        yield from range(30)
+
+    def twice(x: int) -> Iterator[int]:
+        yield x
+        yield x
+
+    seen: list[af.ProgressSnapshot] = []
+    af.run(numbers(), af.Layer(twice), af.Layer(_pass), total=30, progress=seen.append)
+    last = seen[-1]
+    assert last.total == 30
+    assert [(r.done, r.total) for r in last.layers] == [(30, 30), (60, 60)]
+
+    seen.clear()
+    af.run(numbers(), af.Layer(_pass), progress=seen.append)
+    assert seen[-1].total is None
+    assert seen[-1].layers[0].total is None
+
+
+def test_a_failing_callback_fails_the_run() -> None:
+    def broken(snapshot: af.ProgressSnapshot) -> None:
+        raise RuntimeError("the dashboard is down")
+
+    with pytest.raises(RuntimeError, match="dashboard is down"):
+        af.run(range(5), af.Layer(_pass), progress=broken)
+
+
+def test_the_last_snapshot_says_how_the_run_ended() -> None:
+    def fail(x: int) -> int:
+        raise ValueError("bad item")
+
+    seen: list[af.ProgressSnapshot] = []
+    with pytest.raises(ValueError, match="bad item"):
+        af.run(range(5), af.Layer(fail, name="fail"), progress=seen.append)
+    assert seen[-1].status == "failed"
+    assert seen[-1].layers[0].errors == 1
+
+
+def test_stream_takes_progress_too() -> None:
+    seen: list[af.ProgressSnapshot] = []
+    with af.open_stream(range(4), af.Layer(_pass, ordered=True), progress=seen.append) as out:
+        assert list(out) == [0, 1, 2, 3]
+    assert seen[-1].status == "completed"
+    assert seen[-1].layers[0].done == 4
+
+
+def test_bad_progress_arguments_are_refused() -> None:
+    with pytest.raises(TypeError, match="progress must be"):
+        resolve_progress("yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interval"):
+        af.LogProgress(interval=0)
+    with pytest.raises(TypeError, match="total must be an int"):
+        af.run(range(3), af.Layer(_pass), total="3")  # type: ignore[arg-type]
+
+
+def test_default_progress_is_off_without_a_terminal() -> None:
+    # Under pytest stderr is captured, so it is not a terminal.
+    assert resolve_progress(None) is None
+    assert resolve_progress(False) is None
+    assert isinstance(resolve_progress(True), af.LogProgress)
+    assert isinstance(resolve_progress(print), af.CallbackProgress)
+
+
+# --- the terminal table ---------------------------------------------------------------------
+
+
+def test_live_table_shows_every_layer_as_a_terminal_would() -> None:
+    console = Console(record=True, width=120, force_terminal=True, color_system=None)
+    af.run(
+        range(40),
+        af.Layer(_pass, 2, name="read"),
+        af.Layer(_pass, 3, name="score", backend="async"),
+        af.batch(10),
+        af.Layer(_pass, name="save"),
+        progress=af.LiveProgress(console=console, interval=0.05),
+    )
+    text = console.export_text()
+    final = text[text.rindex("async_flow completed") :]
+    lines = final.splitlines()
+    assert lines[1].split() == [
+        "layer",
+        "backend",
+        "done",
+        "rate",
+        "errors",
+        "queue",
+        "busy",
+        "eta",
+    ]
+    rows = {line.split()[0]: line.split() for line in lines[2:6]}
+    assert rows["read"][1:4] == ["thread", "x2", "40/40"]
+    assert rows["score"][1:4] == ["async", "x3", "40/40"]
+    assert rows["batch"][3] == "40/40"
+    assert rows["save"][3] == "4/4"
+    assert "source 40/40" in lines[0]
+
+
+def test_render_marks_errors_queue_and_busy_workers() -> None:
+    snapshot = af.ProgressSnapshot(
+        elapsed=75.0,
+        status="running",
+        produced=500,
+        total=1000,
+        eta=130.0,
+        layers=(
+            af.LayerProgress(
+                name="score",
+                backend="process",
+                workers=4,
+                done=480,
+                total=1000,
+                emitted=470,
+                errors=3,
+                rate=6.4,
+                queued=200,
+                maxsize=256,
+                busy_workers=4,
+                eta=81.25,
+            ),
+        ),
+    )
+    console = Console(record=True, width=120, color_system=None)
+    console.print(render(snapshot))
+    lines = console.export_text().splitlines()
+    assert lines[0].split() == [
+        "async_flow",
+        "running",
+        "1m15s",
+        "source",
+        "500/1,000",
+        "eta",
+        "2m10s",
+    ]
+    cells = lines[2].split()
+    assert cells[:4] == ["score", "process", "x4", "480/1,000"]
+    assert cells[-5:] == ["6.4/s", "3", "200/256", "4/4", "1m21s"]
+
+
+# --- log lines ------------------------------------------------------------------------------
+
+
+def test_log_lines_go_through_logging_while_running_and_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = Gate()
+
+    class OpenOnFirstLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "running" in record.getMessage():
+                gate.opened.set()
+
+    logger = logging.getLogger("async_flow.progress")
+    handler = OpenOnFirstLine()
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="async_flow.progress"):
+            af.run(
+                range(10),
+                af.Layer(gate, name="gate"),
+                progress=af.LogProgress(interval=0.01),
+            )
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in caplog.records if r.name == "async_flow.progress"]
+    assert any(m.startswith("async_flow running") for m in messages)
+    assert messages[-1].startswith("async_flow completed")
+    assert "gate 10/10" in messages[-1]
+    assert "busy 0/1" in messages[-1]
+    assert len(messages[-1].splitlines()) == 1
+
+
+def test_progress_true_logs_when_stderr_is_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="async_flow.progress"):
+        af.run(range(3), af.Layer(_pass, name="p"), progress=True)
+    assert any("p 3/3" in r.getMessage() for r in caplog.records)
+
+
+def test_format_line_is_compact() -> None:
+    seen: list[af.ProgressSnapshot] = []
+    af.run(range(3), af.Layer(_pass, name="p"), af.Layer(_pass, name="q"), progress=seen.append)
+    line = format_line(seen[-1])
+    assert line.startswith("async_flow completed")
+    assert " | p 3/3 " in line
+    assert " | q 3/3 " in line
+
+
+# --- timeline -------------------------------------------------------------------------------
+
+
+def test_timeline_ends_with_the_final_counts() -> None:
+    report = af.run(range(50), af.Layer(_pass, name="a"), af.Layer(_pass, name="b"))
+    timeline = report.timeline
+    assert timeline is not None
+    assert timeline.layers == ("a", "b")
+    assert [r[-1] for r in timeline.received] == [50, 50]
+    assert list(timeline.times) == sorted(timeline.times)
+    assert sum(
+        r * dt for r, dt in zip(timeline.throughput(0), _steps(timeline.times), strict=True)
+    ) == (pytest.approx(50))
+    assert json.loads(report.to_json())["timeline"]["layers"] == ["a", "b"]
+
+
+def _steps(times: tuple[float, ...]) -> list[float]:
+    return [t - p for t, p in zip(times, (0.0, *times), strict=False)]
+
+
+def test_timeline_memory_is_bounded_and_cumulative_counts_survive() -> None:
+    recorder = TimelineRecorder(capacity=8)
+    snapshots = af.run(range(1), af.Layer(_pass)).layers
+    template = snapshots[0]
+    for k in range(1, 1001):
+        stats = dataclasses.replace(
+            template, received=k, queued=7 if k == 333 else 0, busy_workers=2 * (k % 2), workers=2
+        )
+        recorder.tick(k / 10, (stats,))
+        assert len(recorder) <= 8
+    recorder.final(100.05, (dataclasses.replace(template, received=1000),))
+    timeline = recorder.timeline(("p",), (1,), (10,))
+    assert len(timeline.times) <= 9
+    assert recorder.stride >= 128
+    assert timeline.received[0][-1] == 1000
+    assert list(timeline.times) == sorted(timeline.times)
+    # Cumulative counts are exact at every kept sample; the peak fill is kept too.
+    for t, r in zip(timeline.times[:-1], timeline.received[0][:-1], strict=True):
+        assert r == round(t * 10)
+    assert max(timeline.queued[0]) == 7
+    # Busy workers alternate 0, 2, 0, 2...: every downsampled sample stands for their mean.
+    assert all(b == pytest.approx(1.0) for b in timeline.busy[0][1:-1])
+
+
+def test_batches_in_flight_are_not_counted_as_extra_workers() -> None:
+    template = af.run(range(1), af.Layer(_pass, 2)).layers[0]
+    recorder = TimelineRecorder()
+    # Two batches in flight per worker (as the process backend keeps) on a 2-worker layer.
+    recorder.tick(0.1, (dataclasses.replace(template, busy_workers=4),))
+    timeline = recorder.timeline(("p",), (2,), (8,))
+    assert timeline.busy_workers(0) == [2.0]
+
+
+def test_live_table_is_closed_with_the_outcome_when_the_run_fails() -> None:
+    def fail(x: int) -> int:
+        if x == 3:
+            raise ValueError("bad item")
+        return x
+
+    screen = io.StringIO()
+    console = Console(file=screen, record=True, width=120, force_terminal=True, color_system=None)
+    view = af.LiveProgress(console=console, interval=0.05)
+    with pytest.raises(ValueError, match="bad item"):
+        af.run(range(10), af.Layer(fail, name="fail"), progress=view)
+    text = console.export_text()
+    assert "async_flow failed" in text
+    row = next(
+        line for line in text[text.rindex("async_flow failed") :].splitlines() if "fail " in line
+    )
+    assert row.split()[-3] == "1"  # errors, then queue and busy workers
+    # The live display was stopped: the terminal's cursor is shown again, at the very end.
+    assert screen.getvalue().endswith("\x1b[?25h")
+
+
+def test_cancelling_the_run_ends_the_view_with_cancelled() -> None:
+    seen: list[af.ProgressSnapshot] = []
+
+    async def stuck(x: int) -> int:
+        await asyncio.sleep(3600)
+        return x
+
+    async def main() -> None:
+        task: asyncio.Task[af.Report] | None = None
+
+        def on_progress(snapshot: af.ProgressSnapshot) -> None:
+            seen.append(snapshot)
+            # Cancel once the worker is seen holding an item: the run is really under way.
+            if snapshot.layers[0].busy_workers == 1 and task is not None and not task.cancelling():
+                task.cancel()
+
+        task = asyncio.ensure_future(
+            af.pipeline(range(3), af.Layer(stuck), progress=af.CallbackProgress(on_progress, 0.01))
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main())
+    assert seen[-1].status == "cancelled"
+    assert [s.status for s in seen[:-1]] == ["running"] * (len(seen) - 1)
