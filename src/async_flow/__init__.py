@@ -10,6 +10,7 @@ on a backend (asyncio tasks, threads, processes or Ray actors) without the pipel
 """
 
 from . import sinks
+from ._autoscale import Auto, ScalingEvent
 from ._checkpoint import Checkpoint
 from ._diagnosis import Bottleneck
 from ._errors import (
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AsyncFlowError",
+    "Auto",
     "Bottleneck",
     "CallbackProgress",
     "Checkpoint",
@@ -65,6 +67,7 @@ __all__ = (
     "Raise",
     "Report",
     "Retry",
+    "ScalingEvent",
     "SerializationError",
     "Skip",
     "SourceStats",

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._channel import SendChannel
+from ._channel import ChannelStatistics, SendChannel
 from ._errors import CheckpointMismatch, DuplicateKey
 from ._keyed import LEDGER_TABLE, META_TABLE, Keyed, keyed_layer
 from ._layer import Layer
@@ -404,6 +404,9 @@ class _KeyingSender:
 
     def close(self) -> None:
         self._inner.close()
+
+    def statistics(self) -> ChannelStatistics:
+        return self._inner.statistics()
 
     async def send_batch(self, items: list[Any]) -> None:
         envelopes = self._lineage.admit(items)

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+from ._autoscale import Auto
 from ._policy import Policy, Raise
 
 __all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
@@ -78,17 +79,25 @@ class Layer(Generic[In, Out]):
 
     Args:
         fn: the per-item callable, or a class whose instances are.
-        workers: how many items the layer works on at once (threads, tasks, processes, actors).
+        workers: how many items the layer works on at once (threads, tasks, processes, actors),
+            or :class:`~async_flow.Auto` to let the run find the count (``workers`` is then the
+            starting count and ``autoscale`` holds the bounds).
         backend: where ``fn`` runs: ``"async"`` (default for coroutine and async generator
             functions), ``"thread"`` (default for plain and generator functions), ``"process"``
-            or ``"ray"``.
+            or ``"ray"``. ``"process"`` ships ``fn`` with cloudpickle and never re-imports your
+            ``__main__``: it works from a script with or without an ``if __name__ ==
+            "__main__":`` guard (keep one so that importing the script does not run the
+            pipeline) and from a Jupyter notebook, lambdas and closures included.
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.
         args, kwargs: constructor arguments when ``fn`` is a class.
-        options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...).
+        options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...;
+            for ``"process"``: ``start_method``, ``"auto"`` to fork a single-threaded parent
+            for a fast start and start fresh interpreters otherwise, or ``"spawn"`` for fresh
+            interpreters always).
         on_error: what to do with an item whose function raised: an error policy
             (:class:`~async_flow.Raise`, the default, fails the run; :class:`~async_flow.Skip`,
             :class:`~async_flow.Retry`, :class:`~async_flow.DeadLetter` keep it going).
@@ -110,6 +119,7 @@ class Layer(Generic[In, Out]):
 
     __slots__ = (
         "args",
+        "autoscale",
         "backend",
         "fn",
         "is_class",
@@ -128,7 +138,7 @@ class Layer(Generic[In, Out]):
     def __init__(
         self,
         fn: Callable[..., Any],
-        workers: int = 1,
+        workers: int | Auto = 1,
         *,
         backend: str | None = None,
         maxsize: int | None = None,
@@ -143,6 +153,9 @@ class Layer(Generic[In, Out]):
         label = name or _describe(fn)
         if not callable(fn):
             raise TypeError(f"Layer {label!r}: fn must be callable, got {type(fn).__name__}")
+        autoscale = workers if isinstance(workers, Auto) else None
+        if autoscale is not None:
+            workers = autoscale.start if autoscale.start is not None else autoscale.min
         if isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"Layer {label!r}: workers must be an int, got {workers!r}")
         if workers < 1:
@@ -180,10 +193,13 @@ class Layer(Generic[In, Out]):
 
         self.fn = fn
         self.workers = workers
+        #: The bounds the run scales ``workers`` within, or None for a fixed count.
+        self.autoscale: Auto | None = autoscale
         self.kind = kind
         self.is_class = is_class
         self.backend: str = backend or ("async" if kind.is_async else "thread")
-        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * workers)
+        most = autoscale.max if autoscale is not None and autoscale.max is not None else workers
+        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * most)
         self.ordered = ordered
         self.name = label
         self.args = tuple(args)
@@ -221,7 +237,8 @@ class Layer(Generic[In, Out]):
 
     def __repr__(self) -> str:
         extra = ", ordered=True" if self.ordered else ""
+        workers = repr(self.autoscale) if self.autoscale is not None else str(self.workers)
         return (
-            f"Layer({self.name!r}, workers={self.workers}, backend={self.backend!r},"
+            f"Layer({self.name!r}, workers={workers}, backend={self.backend!r},"
             f" maxsize={self.maxsize}{extra})"
         )

@@ -11,6 +11,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._autoscale import Autoscaler, current_clock
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._checkpoint import Checkpoint, Lineage
 from ._errors import Interrupted
@@ -67,6 +68,8 @@ class _Run:
         self._started = perf_counter()
         self._ended: float | None = None
         self._first_send: SendChannel[Any] | None = None
+        self.autoscaler: Autoscaler | None = None
+        self._clock = current_clock()  # where the run is declared, for tests' manual clocks
         self._source_ended: float | None = None
         self.sampler = Sampler(
             self._read_counters,
@@ -132,6 +135,8 @@ class _Run:
             self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
             upstream.backend.connect(downstream.backend)
+        scaler = Autoscaler(self.layer_runs, clock=self._clock)
+        self.autoscaler = scaler if scaler.active else None
         started: list[LayerRun] = []
         try:
             # Backends start before the source is read, so that a layer that cannot run fails
@@ -156,6 +161,8 @@ class _Run:
                     work.append(tg.start(_drain(drain), name="async_flow:drain"))
                 for lr in self.layer_runs:
                     work.append(tg.start(lr.run(), name=f"async_flow:layer:{lr.layer.name}"))
+                if self.autoscaler is not None:
+                    tg.start(self.autoscaler.run(), name="async_flow:autoscale")
                 tg.start(self.sampler.run(work), name="async_flow:sampler")
             self.status = "completed" if self.signum is None else "interrupted"
         except asyncio.CancelledError:
@@ -208,6 +215,7 @@ class _Run:
             ),
             elapsed=end - self._started,
             status=self.status,
+            scaling=tuple(self.autoscaler.events) if self.autoscaler is not None else (),
             timeline=self.sampler.timeline(),
             failures=tuple(f for lr in self.layer_runs for f in lr.failures),
         )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._report import Report
 
-__all__ = ("plot_report",)
+__all__ = ("plot_report", "worker_steps")
 
 #: Throughput is drawn as the average over this many equal spans of the run.
 BINS = 60
@@ -28,6 +28,16 @@ def _interpolate(xs: list[float], times: list[float], values: list[int]) -> list
     return out
 
 
+def worker_steps(report: Report, name: str, end: float) -> tuple[list[float], list[int]]:
+    """An autoscaled layer's worker count as a step series up to ``end`` (empty if fixed)."""
+    steps = report.workers_over_time(name)
+    if not steps:
+        return [], []
+    times = [t for t, _ in steps] + [max(end, steps[-1][0])]
+    counts = [n for _, n in steps] + [steps[-1][1]]
+    return times, counts
+
+
 def _matplotlib() -> tuple[Any, Any]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,7 +50,10 @@ def _matplotlib() -> tuple[Any, Any]:
 
 
 def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | None = None) -> None:
-    """Write three stacked panels to ``path`` (PNG): throughput, channel fill, busy workers."""
+    """Write three stacked panels to ``path`` (PNG): throughput, channel fill, busy workers.
+
+    An autoscaled layer's worker count is drawn as a dashed step line over its busy workers.
+    """
     timeline = report.timeline
     if timeline is None or not timeline.times:
         raise ValueError("this report has no timeline to plot (it was not made by a run)")
@@ -62,13 +75,23 @@ def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | No
         throughput.stairs(rate, edges, label=name, baseline=None)
         fill.plot(timeline.times, [100 * f for f in timeline.fill(i)], label=name)
         workers = timeline.busy_workers(i)
-        busy.step(
+        (line,) = busy.step(
             times, [workers[0], *workers], where="pre", label=f"{name} (of {timeline.workers[i]})"
         )
+        step_times, worker_counts = worker_steps(report, name, end)
+        if step_times:
+            busy.step(
+                step_times,
+                worker_counts,
+                where="post",
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{name} workers (autoscaled)",
+            )
     throughput.set_ylabel("items/s taken in")
     fill.set_ylabel("input channel fill (%)")
     fill.set_ylim(0, 105)
-    busy.set_ylabel("busy workers (avg)")
+    busy.set_ylabel("busy workers (avg), workers")
     busy.set_xlabel("seconds since start")
     for ax in (throughput, fill, busy):
         ax.grid(alpha=0.3)

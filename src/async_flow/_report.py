@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._autoscale import ScalingEvent
 from ._diagnosis import Bottleneck, diagnose
 from ._stats import LayerStats, SourceStats
 from ._timeline import Timeline
@@ -51,6 +52,8 @@ class Report:
     ``status`` is ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"`` (a signal
     stopped the run: the report comes with :class:`~async_flow.Interrupted`). ``failures`` holds
     the dead letters of every layer (see :class:`~async_flow.DeadLetter`).
+    ``scaling`` lists the worker-count decisions of autoscaled layers (see :class:`Auto`), oldest
+    first; :meth:`workers_over_time` turns them into one layer's steps.
     :attr:`bottleneck` names the stage that limited throughput and what to change;
     :attr:`timeline` holds the counters sampled during the run, which :meth:`plot` draws.
 
@@ -67,6 +70,7 @@ class Report:
     elapsed: float
     status: str = "completed"
     failures: tuple[Failure, ...] = field(default_factory=tuple)
+    scaling: tuple[ScalingEvent, ...] = field(default_factory=tuple)
     timeline: Timeline | None = None
 
     @property
@@ -95,6 +99,18 @@ class Report:
                 return stats
         raise KeyError(name)
 
+    def workers_over_time(self, name: str) -> list[tuple[float, int]]:
+        """``(seconds since the start, worker count)`` at each change of autoscaled layer ``name``.
+
+        The first point is the starting count; the count holds until the next point. Empty for a
+        layer with a fixed count.
+        """
+        points: list[tuple[float, int]] = []
+        for event in self.scaling:
+            if event.layer == name and (event.change or not points):
+                points.append((event.time, event.workers))
+        return points
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for JSON."""
         return {
@@ -103,6 +119,7 @@ class Report:
             "source": self.source.to_dict(),
             "layers": [s.to_dict() for s in self.layers],
             "failures": [f.to_dict() for f in self.failures],
+            "scaling": [e.to_dict() for e in self.scaling],
             "bottleneck": None if (b := self.bottleneck) is None else b.to_dict(),
             "timeline": None if self.timeline is None else self.timeline.to_dict(),
         }
@@ -138,6 +155,13 @@ class Report:
             f" {self.source.produced} source items"
         )
         out = [title, line(head), *(line(r) for r in rows)]
+        for name in dict.fromkeys(e.layer for e in self.scaling):
+            steps = self.workers_over_time(name)
+            counts = [n for _, n in steps]
+            out.append(
+                f"autoscaled {name}: {counts[0]} -> {counts[-1]} workers"
+                f" (min {min(counts)}, max {max(counts)}, {len(steps) - 1} change(s))"
+            )
         if (bottleneck := self.bottleneck) is not None:
             out.append(f"bottleneck: {bottleneck.advice}")
         if self.failures:

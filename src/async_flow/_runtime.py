@@ -3,6 +3,10 @@
 Every backend shares this code. A worker task takes a batch from the layer's input channel, has the
 backend run it, applies the error policy to a failed item, and sends the outputs on (through the
 reorder buffer when the layer is ordered).
+
+The worker count may change while the layer runs (see ``_autoscale``): :meth:`LayerRun.add_workers`
+opens new slots, :meth:`LayerRun.retire_workers` lets slots finish their current batch, then closes
+them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
     from ._checkpoint import Lineage
 
 __all__ = ("LayerRun", "short_repr")
+
+_TaskSet = set[asyncio.Task[Any]]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
@@ -85,6 +91,12 @@ class _Reorderer:
         self._limit = limit
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    def widen(self, limit: int) -> None:
+        """Follow a new worker count: never below the initial bound, so parked batches fit."""
+        if limit > self._limit:
+            self._limit = limit
+            _wake_all(self._waiters)
+
     async def put(self, seq: int, outputs: list[Any], out: SendChannel[Any] | None) -> None:
         self._pending[seq] = outputs
         if self._flushing or seq != self._next:
@@ -104,6 +116,22 @@ class _Reorderer:
                     _wake_all(self._waiters)
         finally:
             self._flushing = False
+
+
+class _Slot:
+    """One worker slot of a running layer."""
+
+    __slots__ = ("id", "idle", "retiring")
+
+    def __init__(self, slot_id: int) -> None:
+        self.id = slot_id
+        self.retiring = False
+        #: The slot's tasks now suspended on the empty input channel (they hold no item).
+        self.idle: _TaskSet = set()
+
+    def is_retiring(self) -> bool:
+        # A call, not the attribute: the flag changes while the worker awaits.
+        return self.retiring
 
 
 class LayerRun:
@@ -136,6 +164,16 @@ class LayerRun:
         #: Dead letters of this layer, in the order they failed (for the report).
         self.failures: list[Failure] = []
         self._random = random.Random()
+        self._slots: dict[int, _Slot] = {}
+        # Worker count integrated over time, up to _counted_at (the last change).
+        self._worker_seconds = 0.0
+        self._counted_at = self._started_at
+        self._opened: list[int] = []
+        self._next_slot = 0
+        self._workers: TaskGroup | None = None
+        self._input_ended = False
+        #: Called once when :meth:`run` ends, however it ends (the autoscaler listens).
+        self.on_finished: Callable[[], None] | None = None
 
     # --- statistics -----------------------------------------------------------------------
 
@@ -162,34 +200,103 @@ class LayerRun:
             elapsed=end - self._started_at,
             dead_letters=c.dead_letters,
             timeouts=c.timeouts,
+            worker_seconds=self._worker_seconds + c.workers * (end - self._counted_at),
         )
 
     # --- running --------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Open the workers, process the input channel to its end, close the workers."""
-        self._started_at = perf_counter()
+        self._started_at = self._counted_at = perf_counter()
         layer = self.layer
         backend = self.backend
         outbox = self.outbox
-        opened: list[int] = []
         try:
             if layer.stream is not None:
                 await self._run_stream(layer.stream)
                 return
             async with TaskGroup() as tg:
-                for slot in range(layer.workers):
-                    tg.start(self._open_and_work(slot, opened), name=f"async_flow:{layer.name}")
+                self._workers = tg
+                for _ in range(layer.workers):
+                    self._start_slot(tg)
         except BaseException:
             backend.stop()
             raise
         finally:
+            self._workers = None
             try:
                 if outbox is not None:
                     outbox.close()
-                await finish(self._close_workers(opened))
+                await finish(self._close_workers(self._opened))
             finally:
                 self._ended_at = perf_counter()
+                if self.on_finished is not None:
+                    self.on_finished()
+
+    # --- changing the worker count --------------------------------------------------------
+
+    @property
+    def accepts_workers(self) -> bool:
+        """True while workers can still be added or retired (running, input not at its end)."""
+        return self._workers is not None and not self._input_ended
+
+    def add_workers(self, count: int) -> int:
+        """Open ``count`` more worker slots; return how many were started (0 once ending).
+
+        A new slot is opened like the first ones (a stateful worker builds its instance once);
+        it is counted in ``workers`` from now on.
+        """
+        tg = self._workers
+        if tg is None or self._input_ended or count <= 0:
+            return 0
+        self._count_worker_time()
+        for _ in range(count):
+            self._start_slot(tg)
+        self.counters.workers += count
+        self._resize()
+        return count
+
+    def retire_workers(self, count: int) -> int:
+        """Retire up to ``count`` workers, keeping at least one; return how many were retired.
+
+        A retired worker takes no new batch: it finishes the batch it holds, sends its outputs,
+        and its slot is closed (a stateful worker's instance with it). Idle workers go first and
+        leave at once.
+        """
+        if not self.accepts_workers:
+            return 0
+        live = [s for s in self._slots.values() if not s.retiring]
+        count = min(count, len(live) - 1)
+        if count <= 0:
+            return 0
+        # Idle slots first, newest first: they hold nothing, so they leave at once.
+        live.sort(key=lambda s: (bool(s.idle), s.id), reverse=True)
+        self._count_worker_time()
+        for slot in live[:count]:
+            slot.retiring = True
+            for task in list(slot.idle):
+                task.cancel()
+        self.counters.workers -= count
+        self._resize()
+        return count
+
+    def _count_worker_time(self) -> None:
+        now = perf_counter()
+        self._worker_seconds += self.counters.workers * (now - self._counted_at)
+        self._counted_at = now
+
+    def _resize(self) -> None:
+        in_flight = self.backend.batches_in_flight
+        live = self.counters.workers
+        self._spread = live * in_flight
+        if self._reorder is not None:
+            self._reorder.widen(2 * live * in_flight)
+
+    def _start_slot(self, tg: TaskGroup) -> None:
+        slot = _Slot(self._next_slot)
+        self._next_slot += 1
+        self._slots[slot.id] = slot
+        tg.start(self._open_and_work(slot), name=f"async_flow:{self.layer.name}")
 
     async def _close_workers(self, slots: list[int]) -> None:
         """Close every opened slot, even if closing one of them fails."""
@@ -202,35 +309,55 @@ class LayerRun:
         if errors:
             raise errors[0]
 
-    async def _open_and_work(self, slot: int, opened: list[int]) -> None:
+    async def _open_and_work(self, slot: _Slot) -> None:
         # Recorded before opening: a slot cancelled half-open is still closed.
-        opened.append(slot)
-        await self.backend.open_worker(slot)
+        self._opened.append(slot.id)
+        await self.backend.open_worker(slot.id)
         in_flight = self.backend.batches_in_flight
         if in_flight == 1:
             await self._work(slot)
-            return
-        async with TaskGroup() as tg:
-            for _ in range(in_flight):
-                tg.start(self._work(slot), name=f"async_flow:{self.layer.name}")
+        else:
+            async with TaskGroup() as tg:
+                for _ in range(in_flight):
+                    tg.start(self._work(slot), name=f"async_flow:{self.layer.name}")
+        if slot.retiring:
+            # Retired (not ended with the input): close the slot now, not at the end of the run.
+            self._opened.remove(slot.id)
+            del self._slots[slot.id]
+            await finish(self.backend.close_worker(slot.id))
 
-    async def _work(self, slot: int) -> None:
+    async def _work(self, slot: _Slot) -> None:
         outbox = self.outbox.clone() if self.outbox is not None else None
+        task = asyncio.current_task()
+        assert task is not None
         try:
             inbox = self.inbox
             counters = self.counters
             sizer = self._sizer
-            spread = self._spread
             reorder = self._reorder
             lineage = self.lineage
+            slot_id = slot.id
+            idle = slot.idle
             while True:
+                if slot.retiring:
+                    return
+                idle.add(task)
                 try:
-                    items = await inbox.receive_batch(sizer.size(), spread)
+                    items = await inbox.receive_batch(sizer.size(), self._spread)
                 except EndOfChannel:
+                    self._input_ended = True
                     # Under a checkpoint the collector may still owe the ledger some keys.
                     if lineage is None or not lineage.owed(self.index):
                         return
                     items = []
+                except asyncio.CancelledError:
+                    # Retiring cancels only a task waiting here, holding no item; any other
+                    # cancellation (the run stopping) is still pending after uncancel().
+                    if slot.is_retiring() and task.uncancel() == 0:
+                        return
+                    raise
+                finally:
+                    idle.discard(task)
                 seq = self._seq
                 self._seq = seq + 1
                 n = len(items)
@@ -239,11 +366,11 @@ class LayerRun:
                 extra = 0 if lineage is None else lineage.before(self.index, items)
                 start = perf_counter()
                 try:
-                    result = await self._run_batch(slot, items)
+                    result = await self._run_batch(slot_id, items)
                     outputs = result.outputs
                     if result.error is not None:
                         outputs = await self._recover(
-                            slot, items, result.done, result.error, outputs
+                            slot_id, items, result.done, result.error, outputs
                         )
                 finally:
                     elapsed = perf_counter() - start

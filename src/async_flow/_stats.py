@@ -86,23 +86,31 @@ class LayerStats:
     elapsed: float
     dead_letters: int = 0
     timeouts: int = 0
+    #: Worker count integrated over time (it differs from ``workers * elapsed`` when the layer
+    #: was autoscaled); 0 when unknown.
+    worker_seconds: float = 0.0
+
+    @property
+    def capacity_seconds(self) -> float:
+        """The worker-time the layer had: ``worker_seconds``, else ``workers * elapsed``."""
+        return self.worker_seconds if self.worker_seconds > 0 else self.workers * self.elapsed
 
     @property
     def busy_fraction(self) -> float:
         """Share of the layer's worker-time spent working on items (0..1)."""
-        capacity = self.workers * self.elapsed
+        capacity = self.capacity_seconds
         return min(1.0, self.busy_seconds / capacity) if capacity > 0 else 0.0
 
     @property
     def wait_fraction(self) -> float:
         """Share of the layer's worker-time spent waiting for input (0..1)."""
-        capacity = self.workers * self.elapsed
+        capacity = self.capacity_seconds
         return min(1.0, self.wait_seconds / capacity) if capacity > 0 else 0.0
 
     @property
     def blocked_fraction(self) -> float:
         """Share of the layer's worker-time spent blocked on a full output channel (0..1)."""
-        capacity = self.workers * self.elapsed
+        capacity = self.capacity_seconds
         return min(1.0, self.blocked_seconds / capacity) if capacity > 0 else 0.0
 
     @property

@@ -14,14 +14,20 @@ Shipping code
     item (under the layer's error policy), naming it.
 
 Start method, ``__main__`` and Jupyter
-    Workers are fresh interpreters started with ``sys.executable -c ...`` (never a ``fork`` of the
-    parent, which is unsafe once the parent has threads, as an asyncio program always may). They
-    receive the parent's ``sys.path`` and never import the parent's ``__main__`` module:
-    functions and classes defined in ``__main__`` (a script or a notebook) travel by value. So a
-    script works with or without an ``if __name__ == "__main__":`` guard, and a notebook works as
-    is. The guard is still good practice, so that importing your script does not run the
-    pipeline. Functions from importable modules travel by reference and are imported in the
-    worker, as in the parent.
+    Forking a process that runs other threads can deadlock the child (a lock held by a thread
+    that does not exist there), and an asyncio program may always have threads. So workers are
+    forked only while the parent runs a single thread, counted by the OS (C threads included),
+    which is the common case of ``af.run`` in a script: they are then up in milliseconds.
+    Otherwise (a notebook kernel, the sync ``open_stream`` form, a program with threads, or
+    ``options={"start_method": "spawn"}``) each worker is a fresh interpreter started with
+    ``sys.executable -c ...``, which takes as long as importing async_flow.
+
+    Either way the function is pickled, and an exec'd worker receives the parent's ``sys.path``
+    but never imports the parent's ``__main__`` module: functions and classes defined in
+    ``__main__`` (a script or a notebook cell) travel by value, and functions from importable
+    modules by reference. So a script works with or without an ``if __name__ == "__main__":``
+    guard, and a notebook works as is. The guard is still good practice, so that importing your
+    script does not run the pipeline.
 
 Crashes
     A worker that dies (SIGKILL, segfault, ``os._exit``, out of memory) is noticed at once through
@@ -57,7 +63,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from .._calls import BatchResult, item_timeout
 from .._errors import SerializationError, WorkerCrashed
@@ -96,6 +102,51 @@ def _package_root() -> str:
 Reply = tuple[int, bytes]
 
 
+def _single_threaded() -> bool:
+    """True if this process runs one thread only (C threads included), so forking it is safe."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+class _Process(Protocol):
+    """What the backend needs of a child process: ``subprocess.Popen`` or :class:`_Forked`."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+class _Forked:
+    """A forked child, with the part of ``Popen``'s interface that :class:`_Worker` uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
 class _Worker:
     """One worker process and the parent's end of its socket.
 
@@ -104,12 +155,15 @@ class _Worker:
     write are still delivered, then every remaining request fails with :class:`WorkerLost`.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(self, proc: _Process, sock: socket.socket) -> None:
         self.loop = asyncio.get_running_loop()
         self.proc = proc
         self.sock = sock
         self.pid = proc.pid
         self.waiters: deque[asyncio.Future[Reply]] = deque()
+        #: Set while the worker owes no reply.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.exited: asyncio.Future[int] = self.loop.create_future()
         self.exitcode: int | None = None
         self.dead = False
@@ -125,6 +179,13 @@ class _Worker:
         with contextlib.suppress(AttributeError, OSError):  # no pidfd: EOF, then poll
             self._pidfd = os.pidfd_open(proc.pid)
             self.loop.add_reader(self._pidfd, self._on_exit)
+
+    def fds(self) -> list[int]:
+        """The file descriptors the parent holds for this worker (a forked sibling closes them)."""
+        fds = [] if self.sock.fileno() < 0 else [self.sock.fileno()]
+        if self._pidfd is not None:
+            fds.append(self._pidfd)
+        return fds
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -160,16 +221,17 @@ class _Worker:
                 fut = self.waiters.popleft()
                 if not fut.done():  # else its caller was cancelled: drop the reply
                     fut.set_result((op, payload))
+                if not self.waiters:
+                    self._idle.set()
         if pos:
             del buf[:pos]
 
     def _on_eof(self) -> None:
         self._eof = True
         self.loop.remove_reader(self.sock.fileno())
-        if not self.dead and not self.closing and self.proc.poll() is None:
+        if not self.closing:
             # A live worker never closes its socket: it is exiting or broken. Make sure.
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+            self.kill()
         if self._pidfd is None:
             self._poll_exit()
 
@@ -198,6 +260,7 @@ class _Worker:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(WorkerLost(code, f"pid {self.pid}"))
+        self._idle.set()
         self.sock.close()
         if not self.exited.done():
             self.exited.set_result(code)
@@ -211,6 +274,7 @@ class _Worker:
             fut.set_exception(WorkerLost(self.exitcode, f"pid {self.pid}"))
             return fut
         self.waiters.append(fut)
+        self._idle.clear()
         try:
             await self.loop.sock_sendall(self.sock, HEADER.pack(len(payload), op) + payload)
         except OSError:
@@ -223,8 +287,7 @@ class _Worker:
 
     async def drained(self) -> None:
         """Wait until every reply this worker owes has arrived (or it died)."""
-        while self.waiters:
-            await asyncio.wait([self.waiters[-1]])
+        await self._idle.wait()
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -279,6 +342,9 @@ class ProcessBackend(Backend):
         self._slots: dict[int, _Slot] = {}
         self._init_payload = b""
         self._stopping = False
+        self._may_fork = False
+        #: Workers launched by start(), waiting for open_worker() to take them.
+        self._starting: list[tuple[_Worker, asyncio.Future[Reply]]] = []
         self._all: list[_Worker] = []
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -289,6 +355,12 @@ class ProcessBackend(Backend):
         import cloudpickle
 
         layer = self.layer
+        method = layer.options.get("start_method", "auto")
+        if method not in ("auto", "spawn"):
+            raise ValueError(
+                f"layer {layer.name!r}: start_method must be 'auto' or 'spawn', got {method!r}"
+            )
+        self._may_fork = method == "auto" and sys.platform == "linux"
         try:
             layer_bytes = cloudpickle.dumps(layer)
         except Exception as exc:
@@ -298,29 +370,19 @@ class ProcessBackend(Backend):
                 f" {type(exc).__name__}: {exc}"
             ) from exc
         self._init_payload = pickle.dumps((list(sys.path), layer_bytes))
+        # Start every worker now, before the source is read: they build their callables while
+        # the rest of the pipeline starts.
+        for _ in range(layer.workers):
+            self._starting.append(await self._launch())
 
-    async def _spawn(self) -> _Worker:
-        """Start a worker process and wait until it has built the layer's callable.
-
-        Raises :class:`WorkerLost` if the process dies while starting (a replacement that dies
-        counts as one more attempt for the item it was started for).
-        """
+    async def _launch(self) -> tuple[_Worker, asyncio.Future[Reply]]:
+        """Start a worker process and send it the layer; the future resolves once it is built."""
         ours, theirs = socket.socketpair()
         try:
-            fd = theirs.fileno()
-            # fork + exec returns as soon as the child has exec'd; its start-up is awaited below.
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                [
-                    sys.executable,
-                    "-c",
-                    _BOOT.format(path=[_package_root()]),
-                    str(fd),
-                    str(os.getpid()),
-                ],
-                pass_fds=(fd,),
-                stdin=subprocess.DEVNULL,
-                process_group=0,
-            )
+            if self._may_fork and _single_threaded():
+                proc: _Process = self._fork(ours, theirs)
+            else:
+                proc = self._exec(theirs)
         except BaseException:
             ours.close()
             raise
@@ -329,7 +391,47 @@ class ProcessBackend(Backend):
         worker = _Worker(proc, ours)
         self._all.append(worker)
         try:
-            op, payload = await (await worker.request(INIT, self._init_payload))
+            return worker, await worker.request(INIT, self._init_payload)
+        except BaseException:
+            worker.kill_now()
+            raise
+
+    def _fork(self, ours: socket.socket, theirs: socket.socket) -> _Process:
+        """Fork this (single-threaded) process: a worker is up in milliseconds."""
+        from ._process_worker import after_fork
+
+        parent = os.getpid()
+        close = [ours.fileno()]
+        for worker in self._all:
+            close.extend(worker.fds())
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            after_fork(theirs, parent, close)
+        return _Forked(pid)
+
+    def _exec(self, theirs: socket.socket) -> _Process:
+        """Start a fresh interpreter (safe whatever threads this process runs)."""
+        fd = theirs.fileno()
+        # fork + exec returns as soon as the child has exec'd; its start-up is awaited later.
+        boot = _BOOT.format(path=[_package_root()])
+        return subprocess.Popen(
+            [sys.executable, "-c", boot, str(fd), str(os.getpid())],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+        )
+
+    async def _ready(self, worker: _Worker, built: asyncio.Future[Reply]) -> _Worker:
+        """Wait until a launched worker has built the layer's callable.
+
+        Raises :class:`WorkerLost` if the process dies while starting (a replacement that dies
+        counts as one more attempt for the item it was started for).
+        """
+        try:
+            op, payload = await built
         except WorkerLost:
             raise
         except BaseException:
@@ -341,11 +443,18 @@ class ProcessBackend(Backend):
         assert op == READY, op
         return worker
 
+    async def _spawn(self) -> _Worker:
+        """A new worker, started and ready (for a slot, or to replace a dead one)."""
+        return await self._ready(*await self._launch())
+
     async def open_worker(self, slot: int) -> None:
         state = _Slot(slot)
         self._slots[slot] = state
         try:
-            state.worker = await self._spawn()
+            if self._starting:
+                state.worker = await self._ready(*self._starting.pop(0))
+            else:
+                state.worker = await self._spawn()
         except WorkerLost as lost:
             raise WorkerCrashed(
                 f"layer {self.layer.name!r}: worker process {slot} died while starting"
@@ -390,6 +499,10 @@ class ProcessBackend(Backend):
         for worker in self._all:
             worker.kill_now()
         self._all.clear()
+        for _, built in self._starting:
+            if built.done() and not built.cancelled():
+                built.exception()  # retrieved: the worker is gone anyway
+        self._starting.clear()
 
     # --- batches --------------------------------------------------------------------------------
 

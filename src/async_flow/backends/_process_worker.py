@@ -1,11 +1,11 @@
 """The inside of a ``"process"`` worker: a loop that runs batches sent by the parent.
 
-The parent starts a fresh interpreter (``python -c``, never a fork) with one end of a socket pair
-and talks to it in length-prefixed frames (see :mod:`._process_wire`). The worker builds the
-layer's callable once, then answers each batch with a :class:`~async_flow._calls.BatchResult`,
-until the parent asks it to close or goes away. It ignores SIGINT (the parent coordinates a Ctrl-C)
-and exits on its own within a fraction of a second if the parent dies, even in the middle of an
-item.
+The parent starts a fresh interpreter (``python -c``), or forks itself when it has a single
+thread, with one end of a socket pair, and talks to it in length-prefixed frames (see
+:mod:`._process_wire`). The worker builds the layer's callable once, then answers each batch with
+a :class:`~async_flow._calls.BatchResult`, until the parent asks it to close or goes away. It
+ignores SIGINT (the parent coordinates a Ctrl-C) and exits on its own within a fraction of a
+second if the parent dies, even in the middle of an item.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .._calls import BatchResult, close_worker_call_sync, open_worker_call_sync, run_batch_sync
 from .._errors import SerializationError
@@ -170,15 +170,11 @@ def serve(conn: FrameSocket) -> None:
             raise RuntimeError(f"unexpected frame {op}")
 
 
-def main() -> None:
-    """Entry point of a worker process: ``main(fd, parent_pid)`` from ``sys.argv``."""
-    fd, parent = int(sys.argv[1]), int(sys.argv[2])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def run_worker(sock: socket.socket, parent: int, *, exec_started: bool) -> NoReturn:
+    """Serve the parent on ``sock``, then exit this process."""
     if os.getppid() != parent:
         os._exit(70)
     _watch_parent(parent)
-    sock = socket.socket(fileno=fd)
-    os.set_inheritable(fd, False)
     conn = FrameSocket(sock)
     try:
         serve(conn)
@@ -187,9 +183,35 @@ def main() -> None:
     finally:
         sock.close()
     # Skip the slow part of interpreter shutdown (tearing down every module): the parent waits
-    # for this exit. Exit handlers and buffered output are still honoured.
-    atexit._run_exitfuncs()
+    # for this exit. A forked worker must not run the exit handlers it inherited from the parent.
+    if exec_started:
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(0)
+
+
+def main() -> NoReturn:
+    """Entry point of an exec-started worker: ``main()`` with ``fd parent_pid`` in ``sys.argv``."""
+    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    run_worker(sock, parent, exec_started=True)
+
+
+def after_fork(sock: socket.socket, parent: int, close: list[int]) -> NoReturn:
+    """Entry point of a forked worker (the parent had a single thread): drop the parent's state."""
+    try:
+        signal.set_wakeup_fd(-1)  # the parent's event loop is not ours
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        asyncio.events._set_running_loop(None)
+        for fd in close:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        run_worker(sock, parent, exec_started=False)
+    finally:
+        os._exit(1)

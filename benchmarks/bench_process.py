@@ -1,0 +1,237 @@
+"""CPU-bound work on 2 worker processes: async_flow's process backend against its peers.
+
+Every contender computes the same items with the same pure-Python function and returns the same
+checksum; the table gives each one's wall time and its speed as a ratio to serial and to the
+*limit*: the items split in two halves by hand and computed by two bare processes with no IPC at
+all (what two cores can do on this machine, in this run). Pool start-up is part of every time,
+as a user pays it. A last table times the first result of a process layer (start-up latency).
+
+    python benchmarks/bench_process.py              # everything (about a minute on 2 idle cores)
+    python benchmarks/bench_process.py --quick      # smaller runs, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import functools
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import async_flow as af
+
+WORKERS = 2
+
+
+def work(x: int, n: int) -> int:
+    """A fixed amount of pure-Python CPU work (``n`` loop turns), deterministic in ``x``."""
+    total = x
+    for i in range(n):
+        total = (total + i) % 1_000_003
+    return total
+
+
+def calibrate(seconds: float) -> int:
+    """The loop count that makes ``work`` take about ``seconds`` here, in this process."""
+    n = 10_000
+    while True:
+        start = time.perf_counter()
+        for x in range(5):
+            work(x, n)
+        took = (time.perf_counter() - start) / 5
+        if took > 0.002:
+            return max(1, round(n * seconds / took))
+        n *= 4
+
+
+# --- contenders ---------------------------------------------------------------------------
+
+
+def run_serial(fn: Callable[[int], int], items: list[int]) -> int:
+    return sum(fn(x) for x in items)
+
+
+def _half(fn: Callable[[int], int], items: list[int], out: Any, index: int) -> None:
+    out[index] = sum(fn(x) for x in items)
+
+
+def run_limit(fn: Callable[[int], int], items: list[int]) -> int:
+    """Two bare processes, each computing its half; only the two sums come back."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Array("q", WORKERS)
+    size = -(-len(items) // WORKERS)
+    procs = [
+        ctx.Process(target=_half, args=(fn, items[i * size : (i + 1) * size], out, i))
+        for i in range(WORKERS)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return sum(out[:])
+
+
+def run_async_flow(fn: Callable[[int], int], items: list[int]) -> int:
+    total = 0
+
+    async def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    af.run(items, af.Layer(fn, WORKERS, backend="process"), af.Layer(add))
+    return total
+
+
+def run_pool_imap(fn: Callable[[int], int], items: list[int], chunksize: int) -> int:
+    with multiprocessing.Pool(WORKERS) as pool:
+        return sum(pool.imap(fn, items, chunksize=chunksize))
+
+
+def run_executor_map(fn: Callable[[int], int], items: list[int]) -> int:
+    with concurrent.futures.ProcessPoolExecutor(WORKERS) as pool:
+        return sum(pool.map(fn, items))
+
+
+def run_mpire(fn: Callable[[int], int], items: list[int]) -> int:
+    from mpire import WorkerPool
+
+    with WorkerPool(n_jobs=WORKERS) as pool:
+        return sum(pool.imap_unordered(fn, items))
+
+
+def run_pypeln(fn: Callable[[int], int], items: list[int]) -> int:
+    import pypeln
+
+    return sum(pypeln.process.map(fn, items, workers=WORKERS))
+
+
+def run_spdl(fn: Callable[[int], int], items: list[int]) -> int:
+    from spdl.pipeline import PipelineBuilder
+
+    with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
+        pipeline = (
+            PipelineBuilder()
+            .add_source(items)
+            .pipe(fn, concurrency=WORKERS, executor=executor)
+            .add_sink(64)
+            .build(num_threads=1)
+        )
+        with pipeline.auto_stop():
+            return sum(pipeline.get_iterator(timeout=600))
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+def contenders(n_items: int) -> Iterator[tuple[str, Callable[..., int]]]:
+    tuned = max(1, n_items // (WORKERS * 8))
+    yield "serial", run_serial
+    yield "limit: 2 bare processes, no IPC", run_limit
+    yield "async_flow process", run_async_flow
+    yield "Pool.imap chunksize=1", functools.partial(run_pool_imap, chunksize=1)
+    yield f"Pool.imap chunksize={tuned}", functools.partial(run_pool_imap, chunksize=tuned)
+    yield "ProcessPoolExecutor.map", run_executor_map
+    yield "mpire WorkerPool.imap_unordered", run_mpire
+    yield "pypeln.process.map", run_pypeln
+    yield "SPDL pipe + ProcessPoolExecutor", run_spdl
+
+
+def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[str]) -> None:
+    n = calibrate(per_item)
+    fn = functools.partial(work, n=n)
+    items = list(range(n_items))
+    print(f"\n## {title}: {n_items:,} items, ~{per_item * 1e6:g} us each, {WORKERS} workers")
+    times: dict[str, float] = {}
+    expected: int | None = None
+    for name, run in contenders(n_items):
+        if any(s in name for s in skip):
+            continue
+        samples = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            try:
+                got = run(fn, items)
+            except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+                print(f"  {name}: failed: {type(exc).__name__}: {exc}")
+                break
+            samples.append(time.perf_counter() - start)
+            if expected is None:
+                expected = got
+            elif got != expected:
+                raise SystemExit(f"{name} computed {got}, expected {expected}")
+        if samples:
+            times[name] = statistics.median(samples)
+    serial = times.get("serial")
+    limit = times.get("limit: 2 bare processes, no IPC")
+    print(f"{'contender':<36} {'seconds':>8} {'x serial':>9} {'x limit':>8}")
+    for name, seconds in times.items():
+        vs_serial = f"{serial / seconds:9.2f}" if serial else " " * 9
+        vs_limit = f"{limit / seconds:8.2f}" if limit else " " * 8
+        print(f"{name:<36} {seconds:8.3f} {vs_serial} {vs_limit}")
+
+
+def first_result_latency(repeat: int) -> None:
+    """Seconds from the start of a run to the first result of a 2-worker process layer.
+
+    Measured for both ways workers start: forked (the run starts on a single thread, as with
+    ``af.run`` or ``async with af.open_stream`` in a script) and exec'd (the sync ``with
+    af.open_stream`` form runs the pipeline on a second thread, so workers are fresh
+    interpreters).
+    """
+    fn = functools.partial(work, n=10)
+
+    def layer() -> af.Layer[int, int]:
+        return af.Layer(fn, WORKERS, backend="process")
+
+    async def forked() -> float:
+        start = time.perf_counter()
+        async with af.open_stream(range(100), layer()) as results:
+            async for _ in results:
+                return time.perf_counter() - start
+        raise AssertionError("no result")
+
+    def execd() -> float:
+        start = time.perf_counter()
+        with af.open_stream(range(100), layer()) as results:
+            next(results)
+            return time.perf_counter() - start
+
+    print("\n## start-up: first result of a 2-worker process layer")
+    for name, measure in [
+        ("forked workers (single-threaded start)", lambda: asyncio.run(forked())),
+        ("exec'd workers (sync stream form)", execd),
+    ]:
+        samples = [measure() for _ in range(repeat)]
+        print(
+            f"{name:<40} median {statistics.median(samples):.3f} s,"
+            f" best {min(samples):.3f} s, worst {max(samples):.3f} s ({repeat} runs)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument(
+        "--skip", action="append", default=[], help="skip contenders whose name has this text"
+    )
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    skip = set(args.skip)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()}")
+    first_result_latency(5)
+    scenario("CPU 2 ms per item", 0.002, 1000 // scale, args.repeat, skip)
+    scenario("CPU 20 us per item", 0.00002, 100_000 // scale, args.repeat, skip)
+
+
+if __name__ == "__main__":
+    main()

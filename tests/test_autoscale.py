@@ -1,0 +1,597 @@
+"""Autoscaling: Auto bounds, the controller on a manual clock, workers coming and going safely."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import async_flow as af
+from async_flow._autoscale import (
+    DOWN_AFTER,
+    INTERVAL,
+    MIN_ITEMS,
+    UP_AFTER,
+    Autoscaler,
+    ManualClock,
+    available_cpus,
+    use_clock,
+)
+from async_flow._pipeline import Stream
+from tests.conftest import run_async
+
+# --- module-level functions and classes, so that every backend (processes too) can run them ---
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+class Recorder:
+    """A stateful worker that logs ``open``/``close`` lines to a file (works across processes)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._write("open")
+
+    def _write(self, word: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{word} {id(self)}\n")
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def close(self) -> None:
+        self._write("close")
+
+
+def _lines(path: Path, word: str) -> int:
+    if not path.exists():
+        return 0
+    return sum(line.startswith(word + " ") for line in path.read_text().splitlines())
+
+
+async def until(predicate: Callable[[], bool], what: str, attempts: int = 5000) -> None:
+    """Explicit sequencing: yield to the loop (and the workers) until ``predicate`` holds."""
+    for _ in range(attempts):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def look(clock: ManualClock, looks: int = 1) -> None:
+    """Let the controller take ``looks`` looks: advance the clock, wait until it sleeps again."""
+    for _ in range(looks):
+        await clock.wait_for_timers()
+        clock.advance(INTERVAL)
+        await clock.wait_for_timers()
+
+
+def stats(stream: Stream[Any], layer: str) -> af.LayerStats | None:
+    """The layer's live stats, or None before the run has built its layers."""
+    return next((s for s in stream.report.layers if s.name == layer), None)
+
+
+def changes(stream: Stream[Any], layer: str) -> list[int]:
+    return [e.workers for e in stream.report.scaling if e.layer == layer and e.change]
+
+
+async def queue_source(queue: asyncio.Queue[int | None]) -> AsyncIterator[int]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+# --- declaring -------------------------------------------------------------------------------
+
+
+def test_auto_starts_at_min_or_start_and_keeps_its_bounds() -> None:
+    layer = af.Layer(double, af.Auto(min=2, max=8))
+    assert (layer.workers, layer.autoscale) == (2, af.Auto(2, 8))
+    assert af.Layer(double, af.Auto(1, 8, start=5)).workers == 5
+    assert af.Layer(double, 3).autoscale is None
+    assert "Auto(min=2, max=8" in repr(layer)
+    # The channel is sized for the most workers the layer may have.
+    assert af.Layer(double, af.Auto(max=500)).maxsize == 1000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"min": 0}, ValueError, "min must be >= 1"),
+        ({"min": 3, "max": 2}, ValueError, r"max \(2\) must be >= min \(3\)"),
+        ({"min": 2, "max": 4, "start": 5}, ValueError, "start"),
+        ({"min": 1.5}, TypeError, "min must be an int"),
+        ({"max": True}, TypeError, "max must be an int"),
+    ],
+)
+def test_bad_bounds_fail_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        af.Auto(**kwargs)
+
+
+def test_available_cpus_respects_the_affinity_mask() -> None:
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_default_max_depends_on_the_backend() -> None:
+    async def main() -> None:
+        from async_flow._channel import open_channel
+        from async_flow._runtime import LayerRun
+
+        def make(layer: af.Layer[Any, Any]) -> LayerRun:
+            _, receive = open_channel(4)
+            return LayerRun(0, layer, receive, None, lambda: 0.0)
+
+        runs = [make(af.Layer(double, af.Auto())), make(af.Layer(adouble, af.Auto()))]
+        scaler = Autoscaler(runs, cpus=2)
+        assert [m.high for m in scaler._managed] == [64, 256]
+        assert not Autoscaler([make(af.Layer(double, 4))]).active
+
+    run_async(main())
+
+
+async def adouble(x: int) -> int:
+    return 2 * x
+
+
+# --- the controller, one look at a time ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_scales_up_under_a_full_channel_and_never_past_max(kind: str) -> None:
+    async def main() -> None:
+        aevent, tevent = asyncio.Event(), threading.Event()
+
+        async def aheld(x: int) -> int:
+            await aevent.wait()
+            return x
+
+        def theld(x: int) -> int:
+            tevent.wait()
+            return x
+
+        fn: Any = aheld if kind == "async" else theld
+        layer = af.Layer(fn, af.Auto(min=1, max=3), backend=kind, maxsize=4, name="held")
+        clock = ManualClock()
+        outputs: list[int] = []
+        try:
+            with use_clock(clock):
+                stream = af.open_stream(range(40), layer)
+            async with stream:
+
+                def saturated(workers: int) -> Callable[[], bool]:
+                    def check() -> bool:
+                        s = stats(stream, "held")
+                        return (
+                            s is not None
+                            and s.workers == s.busy_workers == workers
+                            and s.queued == 4
+                        )
+
+                    return check
+
+                await until(saturated(1), "one busy worker, full channel")
+                await look(clock, 1 + UP_AFTER - 1)  # a first look, then short but not yet long
+                assert changes(stream, "held") == []
+                await look(clock)
+                assert changes(stream, "held") == [2]
+                assert stream.report.layer("held").workers == 2
+                await until(saturated(2), "two busy workers, full channel")
+                await look(clock, 1 + UP_AFTER)  # one look sat out after the change
+                # Doubling would give 4: max holds it at 3.
+                assert changes(stream, "held") == [2, 3]
+                await until(saturated(3), "three busy workers, full channel")
+                await look(clock, 3 * UP_AFTER)
+                assert changes(stream, "held") == [2, 3]
+                assert max(n for _, n in stream.report.workers_over_time("held")) == 3
+                reasons = [e.reason for e in stream.report.scaling if e.change]
+                assert all("input 100% full, workers 100% busy" in r for r in reasons), reasons
+                aevent.set()
+                tevent.set()
+                outputs = [x async for x in stream]
+        finally:
+            aevent.set()
+            tevent.set()
+        assert sorted(outputs) == list(range(40))
+        assert stream.report.workers_over_time("held") == [
+            (pytest.approx(0.0), 1),
+            (pytest.approx(3 * INTERVAL), 2),
+            (pytest.approx((3 + 1 + UP_AFTER) * INTERVAL), 3),
+        ]
+
+    run_async(main())
+
+
+def test_scales_down_while_starved_and_never_below_min(backend: str, tmp_path: Path) -> None:
+    log = tmp_path / "workers.log"
+
+    async def main() -> None:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        layer = af.Layer(
+            Recorder,
+            af.Auto(min=1, max=6, start=4),
+            backend=backend,
+            name="rec",
+            args=(str(log),),
+        )
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(queue_source(queue), layer)
+        async with stream:
+            for i in range(20):
+                queue.put_nowait(i)
+            first = [await anext(stream) for _ in range(20)]
+            assert sorted(first) == list(range(20))
+            await until(lambda: _lines(log, "open") == 4, "four workers opened")
+            await look(clock, 1 + DOWN_AFTER - 1)
+            assert changes(stream, "rec") == []
+            await look(clock)
+            # Idle: half the workers go at once, down to what the (zero) load needs.
+            assert changes(stream, "rec") == [2]
+            assert stream.report.layer("rec").workers == 2
+            # Retired workers close their instance now, not at the end of the run.
+            await until(lambda: _lines(log, "close") == 2, "two retired workers closed")
+            await look(clock, 1 + DOWN_AFTER)
+            assert changes(stream, "rec") == [2, 1]
+            await until(lambda: _lines(log, "close") == 3, "a third worker closed")
+            await look(clock, 3 * DOWN_AFTER)
+            assert changes(stream, "rec") == [2, 1]  # min holds
+            # The one that is left still works.
+            for i in range(20, 50):
+                queue.put_nowait(i)
+            queue.put_nowait(None)
+            rest = [x async for x in stream]
+        assert sorted(first + rest) == list(range(50))
+        assert stream.report.layer("rec").workers == 1
+        assert "autoscaled rec: 4 -> 1 workers" in str(stream.report)
+        # Each instance was built once and closed once.
+        assert _lines(log, "open") == _lines(log, "close") == 4
+
+    run_async(main())
+
+
+def test_a_layer_blocked_on_output_does_not_grow() -> None:
+    """A full input is not enough: if the layer below is full, more workers would not help."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow_sink(x: int) -> int:
+            await release.wait()
+            return x
+
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(
+                range(100),
+                af.Layer(adouble, af.Auto(max=8), maxsize=4, name="upper"),
+                af.Layer(slow_sink, 1, maxsize=4, name="sink"),
+            )
+        try:
+            async with stream:
+
+                def sink_full() -> bool:
+                    s = stats(stream, "sink")
+                    return s is not None and s.queued == 4
+
+                def upper_blocked() -> bool:
+                    # Its one worker has nowhere to put its output: both channels are full.
+                    s = stats(stream, "upper")
+                    return s is not None and s.queued == 4 and sink_full()
+
+                await until(sink_full, "sink channel full")
+                await look(clock, 2 * UP_AFTER + 2)
+                await until(upper_blocked, "upper blocked on output")
+                await look(clock, 2 * UP_AFTER + 2)
+                assert changes(stream, "upper") == []
+                release.set()
+                outputs = [x async for x in stream]
+        finally:
+            release.set()
+        assert sorted(outputs) == [2 * x for x in range(100)]
+
+    run_async(main())
+
+
+def test_an_empty_source_ends_the_controller_with_the_run(backend: str) -> None:
+    report = af.run([], af.Layer(double, af.Auto(), backend=backend, name="d"))
+    assert report.layer("d").received == 0
+    assert [(e.workers, e.reason) for e in report.scaling] == [(1, "start")]
+
+
+def test_real_clock_run_grows_a_slow_layer_and_reports_it() -> None:
+    """End to end on the event loop's clock (generous: only "it grew at some point")."""
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.005)
+        return x
+
+    report = af.run(range(400), af.Layer(slow, af.Auto(max=16), name="slow"))
+    assert report.layer("slow").emitted == 400
+    steps = report.workers_over_time("slow")
+    assert steps[0][1] == 1
+    assert max(n for _, n in steps) > 1
+    assert report.to_dict()["scaling"][0]["reason"] == "start"
+
+
+def fail_on_77(x: int) -> int:
+    if x == 77:
+        raise ValueError("77 is bad")
+    return x
+
+
+def test_an_error_in_an_autoscaled_layer_stops_the_controller_too(backend: str) -> None:
+    with pytest.raises(ValueError, match="77 is bad") as info:
+        af.run(range(200), af.Layer(fail_on_77, af.Auto(max=4), backend=backend, name="f"))
+    assert any("layer 'f'" in note for note in info.value.__notes__)
+
+
+def test_cancelling_a_run_stops_the_controller_and_the_added_workers() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        never = asyncio.Event()
+
+        async def held(x: int) -> int:
+            await never.wait()
+            return x
+
+        with use_clock(clock):
+            task = asyncio.ensure_future(
+                af.pipeline(range(100), af.Layer(held, af.Auto(max=8), maxsize=4, name="h"))
+            )
+        await clock.wait_for_timers()
+        await look(clock, 1 + UP_AFTER)  # grows to 2 workers
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main())
+
+
+_service = threading.Lock()
+
+
+def one_at_a_time(x: int) -> int:
+    """A service that serves one call at a time: more threads cannot make it faster."""
+    with _service:
+        time.sleep(0.05)
+    return x
+
+
+async def sleepy(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x
+
+
+async def measured_looks(clock: ManualClock, stream: Stream[Any], layer: str, looks: int) -> None:
+    """Looks, each after enough items went through for a steady throughput measurement."""
+    for _ in range(looks):
+        s = stats(stream, layer)
+        start = s.received if s is not None else 0
+
+        def enough(start: int = start) -> bool:
+            now = stats(stream, layer)
+            return now is not None and now.received >= start + MIN_ITEMS + 5
+
+        await until(enough, f"{MIN_ITEMS + 5} more items through {layer!r}", attempts=20_000)
+        await look(clock)
+
+
+async def drain(stream: Stream[Any]) -> None:
+    async for _ in stream:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fn", "backend", "kept"),
+    [(one_at_a_time, "thread", False), (sleepy, "async", True)],
+    ids=["serialised-threads", "sleeping-tasks"],
+)
+def test_a_growth_that_does_not_raise_throughput_is_undone(
+    fn: Any, backend: str, kept: bool
+) -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        layer = af.Layer(fn, af.Auto(max=2), backend=backend, maxsize=8, name="w")
+        with use_clock(clock):
+            stream = af.open_stream(range(10**9), layer)
+        async with stream:
+            reader = asyncio.ensure_future(drain(stream))
+            try:
+                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                assert changes(stream, "w") == [2]
+                # A look sat out, then the verdict after UP_AFTER measured looks.
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                if kept:
+                    assert changes(stream, "w") == [2], stream.report.scaling
+                else:
+                    assert changes(stream, "w") == [2, 1], stream.report.scaling
+                    assert "did not raise throughput" in stream.report.scaling[-1].reason
+                    await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                    assert changes(stream, "w") == [2, 1]  # no new growth for a while
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    run_async(main())
+
+
+def test_the_plot_draws_an_autoscaled_layers_worker_count(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from async_flow._plot import worker_steps
+
+    report = af.run(range(300), af.Layer(sleepy, af.Auto(max=8), name="s"))
+    times, counts = worker_steps(report, "s", report.elapsed)
+    assert counts[0] == 1
+    assert max(counts) > 1
+    assert times == sorted(times)
+    assert times[-1] == max(report.elapsed, times[-2])  # the last count holds to the end
+    assert counts[-1] == report.layer("s").workers
+    assert worker_steps(report, "missing", 1.0) == ([], [])
+    report.plot(tmp_path / "run.png")
+    assert (tmp_path / "run.png").stat().st_size > 0
+
+
+# --- workers coming and going: nothing lost, nothing twice ------------------------------------
+
+
+class Tagged:
+    """A stateful worker that records its life in a shared list (async and thread backends)."""
+
+    def __init__(self, book: list[Tagged]) -> None:
+        self.closed = False
+        book.append(self)
+
+    def __call__(self, x: int) -> int:
+        assert not self.closed, "called after close"
+        return x
+
+    def close(self) -> None:
+        assert not self.closed, "closed twice"
+        self.closed = True
+
+
+ops = st.lists(
+    st.tuples(st.integers(0, 59), st.integers(-4, 4).filter(bool)), min_size=1, max_size=12
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=ops, start=st.integers(1, 4), ordered=st.booleans(), maxsize=st.integers(1, 8))
+def test_random_scaling_loses_and_duplicates_nothing(
+    local_backend: str, ops: list[tuple[int, int]], start: int, ordered: bool, maxsize: int
+) -> None:
+    """Random adds and retirements at random points, against the plain sequential result."""
+    n = 60
+
+    async def main() -> list[int]:
+        book: list[Tagged] = []
+        layer = af.Layer(
+            Tagged, start, backend=local_backend, ordered=ordered, maxsize=maxsize, args=(book,)
+        )
+        plan = sorted(ops)
+        live = total = start
+        outputs: list[int] = []
+        async with af.open_stream(range(n), layer, maxsize=2) as stream:
+            async for x in stream:
+                outputs.append(x)
+                lr = stream._run.layer_runs[0]
+                while plan and plan[0][0] <= len(outputs):
+                    _, delta = plan.pop(0)
+                    if delta > 0:
+                        added = lr.add_workers(delta)
+                        assert added in (0, delta)
+                        live += added
+                        total += added
+                    else:
+                        retired = lr.retire_workers(-delta)
+                        assert 0 <= retired <= min(-delta, live - 1)
+                        live -= retired
+                    assert lr.counters.workers == live >= 1
+        # Every worker ever started built its instance once, and closed it once.
+        assert len(book) == total
+        assert all(t.closed for t in book)
+        return outputs
+
+    outputs = run_async(main())
+    expected = list(range(n))
+    assert (outputs if ordered else sorted(outputs)) == expected
+
+
+@pytest.fixture(params=["async", "thread"])
+def local_backend(request: pytest.FixtureRequest) -> str:
+    """In-process backends (the property test shares a Python list with its workers)."""
+    return str(request.param)
+
+
+# --- the CPU budget (process backend) ----------------------------------------------------------
+
+
+def wait_for_file(path: str) -> Callable[[int], int]:
+    """A per-item function that holds its worker until ``path`` exists (works across processes)."""
+
+    def held(x: int) -> int:
+        while not os.path.exists(path):
+            time.sleep(0.005)
+        return x
+
+    return held
+
+
+def test_fixed_cpu_layers_hold_their_share_of_the_budget() -> None:
+    async def main() -> None:
+        from async_flow._channel import open_channel
+        from async_flow._runtime import LayerRun
+
+        def make(layer: af.Layer[Any, Any]) -> LayerRun:
+            _, receive = open_channel(4)
+            return LayerRun(0, layer, receive, None, lambda: 0.0)
+
+        runs = [
+            make(af.Layer(double, 3, backend="process")),
+            make(af.Layer(double, af.Auto(), backend="process")),
+            make(af.Layer(double, af.Auto(min=2), backend="process")),
+        ]
+        scaler = Autoscaler(runs, cpus=8)
+        assert scaler.budget == 5
+        assert [m.high for m in scaler._managed] == [5, 5]  # a shared budget, not 5 each
+        # Never below min, even on a machine with fewer cores than min asks for.
+        assert [m.high for m in Autoscaler(runs, cpus=2)._managed] == [1, 2]
+
+    run_async(main())
+
+
+@pytest.mark.slow
+def test_process_layers_never_grow_past_the_cores(tmp_path: Path) -> None:
+    gate = tmp_path / "open"
+    cpus = available_cpus()
+
+    async def main() -> None:
+        layer = af.Layer(
+            wait_for_file(str(gate)),
+            af.Auto(min=1, max=cpus + 4),
+            backend="process",
+            maxsize=4,
+            name="cpu",
+        )
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(range(30), layer)
+        try:
+            async with stream:
+
+                def saturated() -> bool:
+                    s = stats(stream, "cpu")
+                    return s is not None and s.busy_workers >= s.workers and s.queued == 4
+
+                for _ in range(cpus + 2):
+                    await until(saturated, "every worker busy, full channel")
+                    await look(clock, 1 + UP_AFTER)
+                held = [e for e in stream.report.scaling if "CPU budget" in e.reason]
+                assert held, stream.report.scaling
+                assert stream.report.layer("cpu").workers == cpus
+                assert max(n for _, n in stream.report.workers_over_time("cpu")) == cpus
+                gate.touch()
+                outputs = [x async for x in stream]
+        finally:
+            gate.touch()
+        assert sorted(outputs) == list(range(30))
+
+    run_async(main())
