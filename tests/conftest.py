@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -76,3 +77,40 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             assert not others, f"tasks left running: {others}"
 
     return asyncio.run(checked())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray instance for the whole session (a head node with 2 CPUs).
+
+    It is a ``ray.cluster_utils.Cluster`` so that a test can add and remove nodes; node deaths
+    are detected within about a second.
+    """
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,  # ray.util.state needs it
+            "dashboard_port": _free_port(),  # not 8265: another Ray may be running
+            "_system_config": {
+                "health_check_initial_delay_ms": 0,
+                "health_check_period_ms": 300,
+                "health_check_failure_threshold": 3,
+            },
+        },
+    )
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

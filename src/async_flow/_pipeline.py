@@ -133,6 +133,8 @@ class _Run:
                 LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
             )
             self.layer_runs[-1].lineage = lineage
+        for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
+            upstream.backend.connect(downstream.backend)
         scaler = Autoscaler(self.layer_runs, clock=self._clock)
         self.autoscaler = scaler if scaler.active else None
         started: list[LayerRun] = []

@@ -54,6 +54,14 @@ class Backend(ABC):
         #: Items re-run by the backend itself (after a worker crash); added to the layer's stats.
         self.retried = 0
 
+    def connect(self, downstream: Backend) -> None:  # noqa: B027 - optional hook
+        """The next layer runs on ``downstream``. Called once, before :meth:`start`.
+
+        Two backends may agree here to pass items between them as handles instead of values (Ray
+        layers pass object references actor to actor); the runtime moves whatever items the
+        backends produce and never looks inside them.
+        """
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare shared resources. Runs before the source is read, so a bad layer fails early."""
 

@@ -1,0 +1,170 @@
+"""The Ray backend against Ray's own ways of running a pool of actors, side by side.
+
+Two CPU workloads (about 2 ms and 20 us of busy work per item) run on the same number of actors,
+each holding the same worker object, with the same resource request:
+
+* async_flow: ``af.Layer(Spin, workers, backend="ray")`` (adaptive batches, 2 in flight per actor);
+* ``ray.util.ActorPool.map_unordered``: one actor call per item;
+* Ray Data ``map_batches`` with an actor pool of the same size (``concurrency=workers``);
+* the async_flow process backend, when present, for the single-machine comparison.
+
+Times include creating the actors and tearing them down (every contender pays for that), not
+starting Ray. Run::
+
+    PYTHONPATH=src python benchmarks/bench_ray.py            # both workloads
+    PYTHONPATH=src python benchmarks/bench_ray.py --quick    # fewer items
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+import async_flow as af
+
+
+def spin(seconds: float) -> None:
+    """Busy CPU work for ``seconds`` (no sleep: the core is really used)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Spin:
+    """The worker object every contender builds once per actor."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, x: int) -> int:
+        spin(self.seconds)
+        return x
+
+
+@ray.remote
+class SpinActor:
+    """The same work as a plain Ray actor, for ActorPool."""
+
+    def __init__(self, seconds: float) -> None:
+        self.spin = Spin(seconds)
+
+    def run(self, x: int) -> int:
+        return self.spin(x)
+
+
+class SpinBatch:
+    """The same work for Ray Data: one ``Spin`` call per row of a batch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.spin = Spin(seconds)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        for x in batch["id"]:
+            self.spin(int(x))
+        return batch
+
+
+def run_async_flow(n: int, seconds: float, workers: int, num_cpus: float) -> int:
+    layer = af.Layer(Spin, workers, backend="ray", args=(seconds,), options={"num_cpus": num_cpus})
+    return af.run(range(n), layer).layers[0].emitted
+
+
+def run_process(n: int, seconds: float, workers: int, num_cpus: float) -> int:
+    return (
+        af.run(range(n), af.Layer(Spin, workers, backend="process", args=(seconds,)))
+        .layers[0]
+        .emitted
+    )
+
+
+def run_actor_pool(n: int, seconds: float, workers: int, num_cpus: float) -> int:
+    from ray.util import ActorPool
+
+    actors = [SpinActor.options(num_cpus=num_cpus).remote(seconds) for _ in range(workers)]
+    try:
+        pool = ActorPool(actors)
+        return sum(1 for _ in pool.map_unordered(lambda a, v: a.run.remote(v), range(n)))
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def run_ray_data(n: int, seconds: float, workers: int, num_cpus: float) -> int:
+    ds = ray.data.range(n).map_batches(
+        SpinBatch,
+        fn_constructor_args=(seconds,),
+        concurrency=workers,
+        num_cpus=num_cpus,
+        batch_size=max(1, min(1024, int(0.01 / seconds))),
+    )
+    return sum(len(batch["id"]) for batch in ds.iter_batches(batch_size=None))
+
+
+def has_process_backend() -> bool:
+    try:
+        af.backends.get_backend("process")
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+def measure(fn: Callable[[int, float, int, float], int], *args: Any) -> float:
+    start = time.perf_counter()
+    done = fn(*args)
+    elapsed = time.perf_counter() - start
+    if done != args[0]:
+        raise AssertionError(f"{fn.__name__} processed {done} of {args[0]} items")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the items")
+    parser.add_argument("--skip-data", action="store_true", help="leave Ray Data out")
+    opts = parser.parse_args()
+    scale = 0.1 if opts.quick else 1.0
+    workloads = [("2 ms", 0.002, int(2000 * scale)), ("20 us", 0.00002, int(40000 * scale))]
+    # Half a CPU each: Ray Data also needs a free CPU for its read tasks, or it waits forever.
+    num_cpus = 0.5
+    ray.init(
+        address="local",
+        num_cpus=max(opts.workers, os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    contenders: list[tuple[str, Callable[[int, float, int, float], int]]] = [
+        ("async_flow ray", run_async_flow),
+        ("ActorPool.map_unordered", run_actor_pool),
+    ]
+    if not opts.skip_data:
+        contenders.append(("Ray Data map_batches", run_ray_data))
+    if has_process_backend():
+        contenders.append(("async_flow process", run_process))
+    print(f"{opts.workers} actors, python {sys.version.split()[0]}, ray {ray.__version__}")
+    try:
+        for label, seconds, n in workloads:
+            print(
+                f"\n{label} of CPU per item, {n} items (ideal {n * seconds / opts.workers:.2f} s)"
+            )
+            results = {
+                name: measure(fn, n, seconds, opts.workers, num_cpus) for name, fn in contenders
+            }
+            ours = results["async_flow ray"]
+            for name, elapsed in results.items():
+                print(
+                    f"  {name:<26} {elapsed:7.2f} s  {1e6 * elapsed / n:8.1f} us/item"
+                    f"  {elapsed / ours:5.2f}x async_flow ray"
+                )
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

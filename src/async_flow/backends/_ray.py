@@ -1,0 +1,426 @@
+"""The ``"ray"`` backend: each worker of a layer is a Ray actor.
+
+``af.Layer(Model, 8, backend="ray", options={"num_cpus": 1})`` runs 8 actors; each builds one
+instance of ``Model`` (or wraps the plain, generator, coroutine or async generator function) and
+runs the batches the runtime sends it with the same per-item code as every other backend. Items
+travel in batches sized from the measured per-item time, and two batches are kept in flight per
+actor (one running, one queued at the actor) so that an actor never waits for the driver.
+
+``options`` are passed to Ray's ``.options()`` for every actor: ``num_cpus``, ``num_gpus``,
+``memory``, ``resources``, ``runtime_env``, ``scheduling_strategy``, ... An unknown key fails when
+the run starts, naming the layer. ``max_restarts`` is always 0: the backend replaces dead actors
+itself, so that it knows which items they held.
+
+Where Ray runs:
+
+* Ray already initialised in this process (``ray.init(...)`` before the run): that instance is
+  used and left running.
+* ``RAY_ADDRESS`` set: the run connects to that cluster and disconnects at the end; the cluster
+  itself is never shut down.
+* Otherwise a local Ray instance (without its dashboard) is started for the run, which takes a
+  few seconds, and shut down when the run ends. A cluster left running by ``ray start`` is not
+  picked up implicitly: set ``RAY_ADDRESS=auto``. Call ``ray.init()`` yourself to share one
+  instance between runs.
+
+Actor processes import ``async_flow`` and the module of the layer's function (Ray pickles
+functions defined in importable modules by reference): on a cluster, install them on every node
+or ship them with ``runtime_env``.
+
+Consecutive Ray layers pass items as object references: the upstream actor's outputs stay in
+Ray's object store, the driver receives only a summary and passes a :class:`RayItem` (reference,
+index) per output to the next layer, whose actor fetches the values. Ray still inlines small
+objects (under about 100 KB per batch) in the driver's reply, but the driver never deserialises
+them; large outputs go node to node. Only what a non-Ray layer (or the stream) needs is pulled.
+
+Faults: an actor that dies (its process killed, its node gone) is killed for good and replaced by a
+fresh one, and the batch it held is re-run one item at a time on the replacement (see
+:mod:`._crash`); an item that kills ``attempts`` actors in a row fails with
+:class:`~async_flow.WorkerCrashed` naming it. Every actor the run created is killed when the layer
+ends, on success (after closing its instance), on error and on cancellation (at once, without
+waiting for the batch it runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from typing import Any
+
+import ray
+
+from .._calls import (
+    BatchResult,
+    WorkerCall,
+    close_worker_call_sync,
+    open_worker_call_sync,
+    run_batch_sync,
+)
+from .._errors import SerializationError, WorkerCrashed
+from .._layer import Layer
+from ._base import Backend
+from ._crash import WorkerLost, run_with_crash_retry
+
+__all__ = ("RayBackend",)
+
+#: How many times an item may lose its actor before it fails with ``WorkerCrashed``.
+CRASH_ATTEMPTS = 3
+
+
+class _RayWorker:
+    """The actor: one worker's callable, built once, fed batches of items.
+
+    A plain class, made a Ray actor class on first use (``ray.remote``), so that it stays
+    importable and testable as itself.
+    """
+
+    def __init__(self, layer: Layer[Any, Any]) -> None:
+        self._layer = layer
+        self._runner: asyncio.Runner | None = None
+        self._call: WorkerCall | None = None
+
+    def open(self) -> int:
+        layer = self._layer
+        needs_loop = layer.kind.is_async or (
+            layer.is_class
+            and hasattr(layer.fn, "__aenter__")
+            and not hasattr(layer.fn, "__enter__")
+        )
+        if needs_loop:
+            self._runner = asyncio.Runner()
+        self._call = open_worker_call_sync(layer, self._runner)
+        return os.getpid()
+
+    def run(self, items: list[Any], resolve: bool) -> BatchResult:
+        call = self._call
+        assert call is not None, "run() before open()"
+        if resolve:
+            items = _resolve(items)
+        result = run_batch_sync(call.call, call.kind, items, None, self._runner)
+        if result.error is not None:
+            result = BatchResult(result.outputs, result.done, _portable(result.error))
+        return result
+
+    def run_split(
+        self, items: list[Any], resolve: bool
+    ) -> tuple[tuple[int, BaseException | None, int], list[Any]]:
+        """Like :meth:`run`, in two objects: a small summary for the driver, and the outputs,
+        which stay in the object store for the next Ray layer (called with ``num_returns=2``)."""
+        result = self.run(items, resolve)
+        return (result.done, result.error, len(result.outputs)), result.outputs
+
+    def close(self) -> None:
+        try:
+            if self._call is not None:
+                close_worker_call_sync(self._call, self._runner)
+        finally:
+            self._call = None
+            if self._runner is not None:
+                self._runner.close()
+                self._runner = None
+
+
+class RayItem:
+    """An item that is output ``index`` of the outputs stored in Ray object ``ref``.
+
+    Consecutive Ray layers pass these instead of values: the driver holds (and owns) the
+    reference, the next layer's actor fetches the value from the object store.
+    """
+
+    __slots__ = ("index", "ref")
+
+    def __init__(self, ref: Any, index: int) -> None:
+        self.ref = ref
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RayItem, (self.ref, self.index))
+
+    def __repr__(self) -> str:
+        return f"<output {self.index} of Ray object {self.ref.hex()[:12]}>"
+
+
+def _resolve(items: list[Any]) -> list[Any]:
+    """Replace each :class:`RayItem` by its value (one fetch per distinct object)."""
+    refs = list({item.ref: None for item in items if isinstance(item, RayItem)})
+    if not refs:
+        return items
+    values = dict(zip(refs, ray.get(refs), strict=True))
+    return [values[i.ref][i.index] if isinstance(i, RayItem) else i for i in items]
+
+
+def _portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling, else a SerializationError that describes it."""
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(error)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure
+        return SerializationError(
+            f"the item raised {type(error).__name__}: {error}, which cannot be sent back from"
+            f" its Ray actor ({type(exc).__name__}: {exc})"
+        )
+    return error
+
+
+# --- the Ray instance a run uses -------------------------------------------------------------
+
+_session_lock = threading.Lock()
+_session_users = 0
+_session_owned = False
+
+
+def _acquire_ray() -> None:
+    """Make sure this process is connected to Ray; count the layers that use it."""
+    global _session_users, _session_owned
+    with _session_lock:
+        if _session_users == 0 and not ray.is_initialized():
+            # RAY_ADDRESS set: connect to that cluster; else start a local instance (not one
+            # that ``ray start`` left running: ask for it with RAY_ADDRESS=auto).
+            address = os.environ.get("RAY_ADDRESS") or None
+            if address is None:
+                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+            _session_owned = True
+        _session_users += 1
+
+
+def _release_ray() -> None:
+    """The last layer that acquired Ray is done: shut down (or disconnect) what we started."""
+    global _session_users, _session_owned
+    with _session_lock:
+        _session_users -= 1
+        if _session_users == 0 and _session_owned:
+            _session_owned = False
+            ray.shutdown()
+
+
+_actor_class: Any = None
+
+
+def _remote_worker_class() -> Any:
+    global _actor_class
+    if _actor_class is None:
+        _actor_class = ray.remote(_RayWorker)
+    return _actor_class
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user's exception inside a ``RayTaskError``, else ``exc`` itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+# --- the backend --------------------------------------------------------------------------
+
+
+class _Slot:
+    __slots__ = ("actor", "pid", "replacing")
+
+    def __init__(self) -> None:
+        self.actor: Any = None
+        self.pid: int | None = None
+        self.replacing = asyncio.Lock()
+
+
+class RayBackend(Backend):
+    """Runs a layer's workers as Ray actors, on the Ray instance this process uses (or a new one).
+
+    Example::
+
+        import async_flow as af
+
+        class Model:
+            def __init__(self, path):
+                self.weights = load(path)      # once per actor
+            def __call__(self, batch):
+                return predict(self.weights, batch)
+
+        af.run(read(), af.Layer(Model, 8, backend="ray", args=("model.bin",),
+                                options={"num_gpus": 1}), af.Layer(save))
+    """
+
+    name = "ray"
+    batches_in_flight = 2
+    # A Ray call costs milliseconds, and the measured time of a batch includes the wait behind
+    # the other batch queued at the same actor: a short target would shrink batches to one item.
+    target_batch_seconds = 0.1
+    max_batch = 1024
+
+    def __init__(self, layer: Layer[Any, Any]) -> None:
+        super().__init__(layer)
+        self._slots: dict[int, _Slot] = {}
+        self._created: list[Any] = []
+        self._in_flight: set[Any] = set()
+        self._acquired = False
+        self._stopped = False
+        self._options: dict[str, Any] = {}
+        #: The next layer is a Ray layer too: outputs stay in the object store (RayItem).
+        self._emit_refs = False
+        #: The previous layer is a Ray layer: inputs may be RayItems to fetch in the actor.
+        self._take_refs = False
+        #: What Ray raises when an actor (or the node it ran on) is gone.
+        self._errors: tuple[type[BaseException], ...] = ()
+
+    def connect(self, downstream: Backend) -> None:
+        if isinstance(downstream, RayBackend):
+            self._emit_refs = True
+            downstream._take_refs = True
+
+    async def start(self) -> None:
+        # Options are checked before Ray is touched: a bad layer starts nothing.
+        options = dict(self.layer.options)
+        if "name" in options:
+            raise ValueError(
+                f"layer {self.layer.name!r}: Ray option 'name' would give every actor of the"
+                " layer the same name; leave it out"
+            )
+        options["max_restarts"] = 0
+        try:
+            _remote_worker_class().options(**options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"layer {self.layer.name!r}: bad Ray actor options {dict(self.layer.options)!r}:"
+                f" {exc}"
+            ) from exc
+        self._options = options
+        self._errors = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+        _acquire_ray()
+        self._acquired = True
+
+    async def _new_actor(self, state: _Slot) -> None:
+        """Create an actor for ``state`` and build its instance; the user's error as itself."""
+        actor = _remote_worker_class().options(**self._options).remote(self.layer)
+        self._created.append(actor)
+        state.actor = actor
+        try:
+            state.pid = await actor.open.remote()
+        except ray.exceptions.RayTaskError as exc:
+            raise _cause(exc) from None
+
+    async def open_worker(self, slot: int) -> None:
+        state = _Slot()
+        self._slots[slot] = state
+        for attempt in range(CRASH_ATTEMPTS):
+            try:
+                await self._new_actor(state)
+                return
+            except self._errors as exc:
+                # Died before it could start (its node went away): try a fresh one.
+                self._kill(state.actor)
+                state.actor = None
+                if attempt == CRASH_ATTEMPTS - 1:
+                    raise WorkerCrashed(
+                        f"layer {self.layer.name!r}: worker {slot}'s Ray actor died while"
+                        f" starting, {CRASH_ATTEMPTS} times (last: {exc})"
+                    ) from exc
+                self.restarts += 1
+
+    async def _replace(self, state: _Slot, dead: Any) -> None:
+        """Swap the dead actor of a slot for a fresh one (once, however many batches saw it)."""
+        async with state.replacing:
+            if state.actor is not dead:
+                return
+            state.actor = None
+            self._kill(dead)
+            if self._stopped:
+                return
+            self.restarts += 1
+            # If the replacement dies too (its node going away?), the next batch on this slot
+            # finds it dead and replaces it again, within the item's crash budget.
+            with contextlib.suppress(*self._errors):
+                await self._new_actor(state)
+
+    async def _run_once(self, state: _Slot, items: list[Any]) -> BatchResult:
+        actor = state.actor
+        if actor is None:
+            raise WorkerLost(None, "no live actor for this worker")
+        try:
+            if self._emit_refs:
+                ref, outputs_ref = actor.run_split.options(num_returns=2).remote(
+                    items, self._take_refs
+                )
+            else:
+                ref = actor.run.remote(items, self._take_refs)
+        except Exception as exc:  # a pickling failure, described below
+            if isinstance(exc, self._errors):
+                await self._replace(state, actor)
+                raise WorkerLost(None, f"{type(exc).__name__}") from exc
+            from .._runtime import short_repr
+
+            raise SerializationError(
+                f"layer {self.layer.name!r}: cannot send item {short_repr(items[0])}"
+                f" (batch of {len(items)}) to a Ray actor: {exc}"
+            ) from exc
+        self._in_flight.add(ref)
+        try:
+            result = await ref
+        except self._errors as exc:
+            await self._replace(state, actor)
+            raise WorkerLost(None, f"Ray actor lost: {type(exc).__name__}") from exc
+        finally:
+            self._in_flight.discard(ref)
+        if self._emit_refs:
+            done, error, count = result
+            return BatchResult([RayItem(outputs_ref, i) for i in range(count)], done, error)
+        return result  # type: ignore[no-any-return]
+
+    async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
+        state = self._slots[slot]
+
+        def on_retry(n: int) -> None:
+            self.retried += n
+
+        try:
+            return await run_with_crash_retry(
+                lambda batch: self._run_once(state, batch),
+                items,
+                layer=self.layer.name,
+                attempts=CRASH_ATTEMPTS,
+                on_retry=on_retry,
+            )
+        except ray.exceptions.RayTaskError as exc:
+            # The actor ran the batch but Ray could not return it (an output that does not
+            # pickle): the actor's method itself raised, not the user's function.
+            raise SerializationError(
+                f"layer {self.layer.name!r}: a Ray actor could not return its outputs:"
+                f" {_cause(exc)!r}"
+            ) from None
+
+    async def close_worker(self, slot: int) -> None:
+        state = self._slots.pop(slot, None)
+        if state is None or state.actor is None:
+            return
+        actor, state.actor = state.actor, None
+        try:
+            if not self._stopped:
+                try:
+                    await actor.close.remote()
+                except ray.exceptions.RayTaskError as exc:
+                    raise _cause(exc) from None
+                except self._errors:
+                    pass  # died on its way out: nothing left to close
+        finally:
+            self._kill(actor)
+
+    def stop(self) -> None:
+        self._stopped = True
+        for ref in list(self._in_flight):
+            with contextlib.suppress(Exception):  # already finished, or its actor is gone
+                ray.cancel(ref)
+
+    def _kill(self, actor: Any) -> None:
+        with contextlib.suppress(Exception):  # already dead
+            ray.kill(actor, no_restart=True)
+
+    async def aclose(self) -> None:
+        try:
+            for actor in self._created:
+                self._kill(actor)
+            self._created.clear()
+        finally:
+            if self._acquired:
+                self._acquired = False
+                _release_ray()
