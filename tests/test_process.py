@@ -354,6 +354,26 @@ def test_an_item_that_cannot_be_unpickled_in_the_worker_fails_by_name() -> None:
         af.run(items, proc_layer(lambda x: x, 1))
 
 
+class UnpicklesOnlyInWorker:
+    def __reduce__(self) -> Any:
+        return (_refuse_in_parent, ())
+
+
+def _refuse_in_parent() -> int:
+    if os.getpid() == PARENT_PID:
+        raise ValueError("cannot be rebuilt in the parent")
+    return 0
+
+
+def test_a_result_that_cannot_be_unpickled_in_the_parent_fails_its_batch() -> None:
+    def make(x: int) -> Any:
+        return UnpicklesOnlyInWorker() if x == 2 else x
+
+    with pytest.raises(af.SerializationError, match="cannot be unpickled here") as info:
+        af.run([2], proc_layer(make, 1, name="maker"))
+    assert "cannot be rebuilt in the parent" in str(info.value)
+
+
 # --- chaos --------------------------------------------------------------------------------
 
 
