@@ -122,16 +122,43 @@ class Holder:
         return x
 
 
+_FORK_SCRIPT = """
+import sys
+sys.path.insert(0, {src!r})
+import colorsys, async_flow as af
+
+def inherited(x):
+    return "colorsys" in sys.modules  # imported by the parent only
+
+seen = []
+
+async def keep(x):
+    seen.append(x)
+
+layer = af.Layer(inherited, 2, backend="process", options={{"start_method": sys.argv[1]}})
+af.run(range(4), layer, af.Layer(keep))
+print(seen)
+"""
+
+
 def test_fork_only_a_single_threaded_parent() -> None:
     """A forked worker inherits the parent's modules; an exec'd one starts from a fresh
-    interpreter. af.run starts workers while the run has one thread; the sync stream form runs
-    the pipeline on a second thread, so its workers must not be forked."""
+    interpreter. af.run in a fresh single-threaded script forks; the sync stream form runs the
+    pipeline on a second thread, so its workers must not be forked."""
+    script = textwrap.dedent(_FORK_SCRIPT.format(src=SRC))
+    for start, expected in [("auto", True), ("spawn", False)]:
+        out = subprocess.run(
+            [sys.executable, "-c", script, start],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=50,
+        )
+        assert out.stdout.strip() == str([expected] * 4)
 
     def inherited(x: int) -> bool:
         return "pytest" in sys.modules
 
-    forked, _ = gather(range(4), proc_layer(inherited))
-    assert forked == [True] * 4
     got, _ = collect(range(4), proc_layer(inherited))
     assert got == [False] * 4
     got, _ = collect(range(4), proc_layer(inherited, start="spawn"))
