@@ -122,32 +122,43 @@ class Holder:
         return x
 
 
+_FORK_SCRIPT = """
+import sys
+sys.path.insert(0, {src!r})
+import colorsys, async_flow as af
+
+def inherited(x):
+    return "colorsys" in sys.modules  # imported by the parent only
+
+seen = []
+
+async def keep(x):
+    seen.append(x)
+
+layer = af.Layer(inherited, 2, backend="process", options={{"start_method": sys.argv[1]}})
+af.run(range(4), layer, af.Layer(keep))
+print(seen)
+"""
+
+
 def test_fork_only_a_single_threaded_parent() -> None:
     """A forked worker inherits the parent's modules; an exec'd one starts from a fresh
-    interpreter. af.run starts workers while the run has one thread; the sync stream form runs
-    the pipeline on a second thread, so its workers must not be forked."""
+    interpreter. af.run in a fresh single-threaded script forks; the sync stream form runs the
+    pipeline on a second thread, so its workers must not be forked."""
+    script = textwrap.dedent(_FORK_SCRIPT.format(src=SRC))
+    for start, expected in [("auto", True), ("spawn", False)]:
+        out = subprocess.run(
+            [sys.executable, "-c", script, start],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=50,
+        )
+        assert out.stdout.strip() == str([expected] * 4)
 
     def inherited(x: int) -> bool:
         return "pytest" in sys.modules
 
-    # Whether this test process is single-threaded depends on what earlier tests imported (a
-    # maths library starts C threads), so the fork path is checked in a fresh interpreter.
-    script = textwrap.dedent(
-        """
-        import sys
-        import async_flow as af
-        sys.modules["marker_module"] = sys
-        def inherited(x):
-            return "marker_module" in sys.modules
-        out = []
-        af.run(range(4), af.Layer(inherited, 2, backend="process"), af.Layer(out.append))
-        print(out)
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == str([True] * 4)
     got, _ = collect(range(4), proc_layer(inherited))
     assert got == [False] * 4
     got, _ = collect(range(4), proc_layer(inherited, start="spawn"))
@@ -368,6 +379,26 @@ def test_an_item_that_cannot_be_unpickled_in_the_worker_fails_by_name() -> None:
     items: list[Any] = [1, 2, UnpicklesOnlyInParent(), 3]
     with pytest.raises(af.SerializationError, match=r"UnpicklesOnlyInParent\(\) cannot be unpick"):
         af.run(items, proc_layer(lambda x: x, 1))
+
+
+class UnpicklesOnlyInWorker:
+    def __reduce__(self) -> Any:
+        return (_refuse_in_parent, ())
+
+
+def _refuse_in_parent() -> int:
+    if os.getpid() == PARENT_PID:
+        raise ValueError("cannot be rebuilt in the parent")
+    return 0
+
+
+def test_a_result_that_cannot_be_unpickled_in_the_parent_fails_its_batch() -> None:
+    def make(x: int) -> Any:
+        return UnpicklesOnlyInWorker() if x == 2 else x
+
+    with pytest.raises(af.SerializationError, match="cannot be unpickled here") as info:
+        af.run([2], proc_layer(make, 1, name="maker"))
+    assert "cannot be rebuilt in the parent" in str(info.value)
 
 
 # --- chaos --------------------------------------------------------------------------------

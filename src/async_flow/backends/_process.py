@@ -604,7 +604,19 @@ class ProcessBackend(Backend):
         if op == BAD_BATCH:
             return await self._one_by_one(state, items, pickle_loads(reply))
         assert op == RESULT, op
-        outputs, done, error = pickle_loads(reply)
+        try:
+            outputs, done, error = pickle_loads(reply)
+        except Exception as exc:  # noqa: BLE001 - a result the parent cannot rebuild
+            from .._runtime import short_repr
+
+            return BatchResult(
+                [],
+                0,
+                SerializationError(
+                    f"layer {self.layer.name!r}: the results of the batch starting at item"
+                    f" {short_repr(items[0])} cannot be unpickled here: {type(exc).__name__}: {exc}"
+                ),
+            )
         return BatchResult(outputs, done, self._remote_error(error, worker.pid) if error else None)
 
     async def _unpicklable_items(
