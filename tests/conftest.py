@@ -36,12 +36,28 @@ def _library_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("async_flow") and t.is_alive()]
 
 
+#: Direct children that live for the whole session (the shared Ray cluster's processes); they
+#: and their descendants are not leaks of any one test.
+_SESSION_PROCESSES: set[int] = set()
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _children() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    found: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        if child.pid in _SESSION_PROCESSES:
+            continue
+        try:
+            found += [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    return [p for p in found if _alive(p)]
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
@@ -95,6 +111,8 @@ def ray_cluster() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    before = {p.pid for p in psutil.Process().children()}
+
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -109,6 +127,8 @@ def ray_cluster() -> Iterator[Any]:
         },
     )
     ray.init(address=cluster.address, log_to_driver=False)
+    started = {p.pid for p in psutil.Process().children()} - before
+    _SESSION_PROCESSES.update(started)
     try:
         yield cluster
     finally:
