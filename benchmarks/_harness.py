@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,3 +54,29 @@ def table(title: str, results: list[Result], baseline: str) -> str:
             f"{r.name.ljust(width)}  {r.seconds:8.3f}  {r.rate:10,.0f}  {ratio:6.2f}x  {r.note}"
         )
     return "\n".join(lines)
+
+
+def measure_isolated(script: str, name: str, items: int, repeat: int, timeout: float) -> Result:
+    """:func:`measure` in a child process running ``script --child NAME``, so that a contender
+    that hangs is reported as timed out instead of stalling the whole table."""
+    try:
+        done = subprocess.run(
+            [sys.executable, script, "--child", name, "--repeat", str(repeat)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Result(name, float("nan"), items, f"no result within {timeout:.0f}s")
+    try:
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return Result(name, float("nan"), items, f"failed: {done.stderr.strip()[-70:]}")
+    return Result(name, data["seconds"], items, data["note"])
+
+
+def child_main(name: str, fn: Callable[[], object], items: int, repeat: int) -> None:
+    """The ``--child`` side of :func:`measure_isolated`: measure and print one JSON line."""
+    result = measure(name, fn, items, repeat)
+    print(json.dumps({"seconds": result.seconds, "note": result.note}))

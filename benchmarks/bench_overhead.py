@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import sys
 from collections.abc import Callable
 
 import async_flow as af
-from _harness import Result, measure, table
+from _harness import Result, child_main, measure_isolated, table
 
 N = 200_000
 
@@ -200,14 +198,18 @@ CONTENDERS: dict[str, Callable[[], None]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per contender")
     parser.add_argument("--only", nargs="*", help="substrings of contender names to run")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child_main(args.child, CONTENDERS[args.child], N, args.repeat)
+        return
     results: list[Result] = []
-    for name, fn in CONTENDERS.items():
+    for name in CONTENDERS:
         if args.only and name != "asyncio.Queue by hand" and not any(o in name for o in args.only):
             continue
-        with contextlib.redirect_stderr(sys.stderr):
-            results.append(measure(name, fn, N, args.repeat))
+        results.append(measure_isolated(__file__, name, N, args.repeat, args.timeout))
     print(table(f"3 trivial layers over {N:,} ints", results, "asyncio.Queue by hand"))
 
 
