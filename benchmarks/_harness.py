@@ -47,9 +47,10 @@ def table(title: str, results: list[Result], baseline: str) -> str:
         f"{'contender'.ljust(width)}  {'seconds':>8}  {'items/s':>10}  {'x ' + baseline}",
     ]
     for r in results:
-        ratio = (
-            base.seconds / r.seconds if r.seconds == r.seconds and r.seconds > 0 else float("nan")
-        )
+        if r.seconds != r.seconds:  # nan: no time measured
+            lines.append(f"{r.name.ljust(width)}  {'-':>8}  {'-':>10}  {'-':>7}  {r.note}")
+            continue
+        ratio = base.seconds / r.seconds if r.seconds > 0 else float("nan")
         lines.append(
             f"{r.name.ljust(width)}  {r.seconds:8.3f}  {r.rate:10,.0f}  {ratio:6.2f}x  {r.note}"
         )
