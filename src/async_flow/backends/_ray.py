@@ -271,6 +271,11 @@ class RayBackend(Backend):
 
     async def start(self) -> None:
         # Options are checked before Ray is touched: a bad layer starts nothing.
+        if self.layer.timeout is not None:
+            raise ValueError(
+                f"layer {self.layer.name!r}: per-item timeout= is not supported on the Ray"
+                " backend yet; use the process backend or leave timeout out"
+            )
         options = dict(self.layer.options)
         if "name" in options:
             raise ValueError(
