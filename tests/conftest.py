@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import socket
 import threading
 import time
@@ -134,3 +135,37 @@ def ray_cluster() -> Iterator[Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def worst_in_flight(layers: Any, collect: int, stream_maxsize: int | None = None) -> int:
+    """Run an endless source through ``layers`` until ``collect`` items came out; return the
+    largest ``produced - collected`` seen. It is read at every item collected, so a bound on it
+    is an invariant of the run, not a matter of timing."""
+    import async_flow as af
+
+    produced = 0
+    lock = threading.Lock()
+
+    def endless() -> Iterator[int]:
+        nonlocal produced
+        for i in itertools.count():
+            with lock:
+                produced += 1
+            yield i
+
+    worst = 0
+
+    async def main() -> None:
+        nonlocal worst
+        collected = 0
+        kwargs = {} if stream_maxsize is None else {"maxsize": stream_maxsize}
+        async with af.open_stream(endless(), *layers, **kwargs) as out:
+            async for _ in out:
+                collected += 1
+                with lock:
+                    worst = max(worst, produced - collected)
+                if collected == collect:
+                    break
+
+    run_async(main())
+    return worst

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
-from collections.abc import Iterator
 
 import async_flow as af
-from tests.conftest import run_async
+from tests.conftest import worst_in_flight
 
 
 def test_in_flight_items_stay_bounded_for_an_endless_source(backend: str) -> None:
     """The invariant is checked at every item the collector sees, so it does not depend on
     timing: produced - collected can never exceed the channels' bounds plus what workers hold."""
-    produced = 0
-    lock = threading.Lock()
-
-    def endless() -> Iterator[int]:
-        nonlocal produced
-        for i in itertools.count():
-            with lock:
-                produced += 1
-            yield i
-
     sizes = [4, 8, 4]
     workers = [2, 3, 1]
     layers = [
@@ -35,20 +22,7 @@ def test_in_flight_items_stay_bounded_for_an_endless_source(backend: str) -> Non
     # ordered layer parks at most 2 * workers batches.
     bound = sizes[0] + sum(s + w * s for s, w in zip(sizes, workers, strict=True))
     bound += 2 * workers[1] * sizes[1]
-    worst = 0
-
-    async def main() -> None:
-        nonlocal worst
-        collected = 0
-        async with af.open_stream(endless(), *layers, af.Layer(_slow, maxsize=sizes[2])) as out:
-            async for _ in out:
-                collected += 1
-                with lock:
-                    worst = max(worst, produced - collected)
-                if collected == 3000:
-                    break
-
-    run_async(main())
+    worst = worst_in_flight([*layers, af.Layer(_slow, maxsize=sizes[2])], collect=3000)
     assert 0 < worst <= bound, (worst, bound)
 
 

@@ -8,7 +8,6 @@ actors killed mid-run, a node removed mid-run, where Ray runs, and no actor left
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 import async_flow as af
-from tests.conftest import run_async, wait_until
+from tests.conftest import wait_until, worst_in_flight
 
 # The shared suite, collected again here: each runs with backend="ray".
 # Each Ray run starts fresh actor processes (seconds each on a small machine), so only the
@@ -160,15 +159,6 @@ def test_unpicklable_items_fail_clearly() -> None:
 def test_back_pressure_holds_through_ray_actors() -> None:
     """A fast endless source, a Ray layer and a slow collector: checked at every item collected,
     produced - collected never exceeds the channels' bounds plus the batches in flight."""
-    produced = 0
-    lock = threading.Lock()
-
-    def endless() -> Iterator[int]:
-        nonlocal produced
-        for i in itertools.count():
-            with lock:
-                produced += 1
-            yield i
 
     async def slow(x: int) -> int:
         for _ in range(3):
@@ -179,24 +169,11 @@ def test_back_pressure_holds_through_ray_actors() -> None:
     # The source's chunk, the Ray layer's channel, the batches its actors hold, the collector's
     # channel and batch, the output channel and the stream's read-ahead: each at most ``size``.
     bound = size + size + workers * in_flight * size + size + size + size + size
-    worst = 0
-
-    async def main() -> None:
-        nonlocal worst
-        collected = 0
-        layers = (
-            af.Layer(identity, workers, backend="ray", maxsize=size),
-            af.Layer(slow, maxsize=size),
-        )
-        async with af.open_stream(endless(), *layers, maxsize=size) as out:
-            async for _ in out:
-                collected += 1
-                with lock:
-                    worst = max(worst, produced - collected)
-                if collected == 300:
-                    break
-
-    run_async(main())
+    layers = (
+        af.Layer(identity, workers, backend="ray", maxsize=size),
+        af.Layer(slow, maxsize=size),
+    )
+    worst = worst_in_flight(layers, collect=300, stream_maxsize=size)
     assert 0 < worst <= bound, (worst, bound)
 
 
