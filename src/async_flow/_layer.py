@@ -22,6 +22,11 @@ BACKENDS: tuple[str, ...] = ("async", "thread", "process", "ray")
 #: Bound of a layer's input channel when ``maxsize`` is not given.
 DEFAULT_MAXSIZE = 256
 
+# Backends that pay per batch (a pipe write, a remote call) cut their batches of tiny items from
+# what the input channel holds, shared by every batch in flight (two per worker): room for 512
+# items per batch keeps each batch of 20 us items at about 10 ms of work.
+_ROOM_PER_WORKER = {"process": 1024, "ray": 1024}
+
 
 class Kind(enum.Enum):
     """How a layer's callable turns one input into outputs."""
@@ -89,7 +94,9 @@ class Layer(Generic[In, Out]):
             "__main__":`` guard (keep one so that importing the script does not run the
             pipeline) and from a Jupyter notebook, lambdas and closures included.
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
-            that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`.
+            that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`
+            (or twice the workers if more); ``"process"`` and ``"ray"`` layers get 1024 items per
+            worker, because their batches of tiny items are cut from what the channel holds.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.
@@ -199,7 +206,9 @@ class Layer(Generic[In, Out]):
         self.is_class = is_class
         self.backend: str = backend or ("async" if kind.is_async else "thread")
         most = autoscale.max if autoscale is not None and autoscale.max is not None else workers
-        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * most)
+        if maxsize is None:
+            maxsize = max(DEFAULT_MAXSIZE, 2 * most, _ROOM_PER_WORKER.get(self.backend, 0) * most)
+        self.maxsize = maxsize
         self.ordered = ordered
         self.name = label
         self.args = tuple(args)
