@@ -134,10 +134,14 @@ async def run_batch_async(
     try:
         if kind is Kind.AMAP:
             append = outputs.append
-            for i, item in enumerate(items):  # noqa: B007
-                if stop is not None and stop.stopped:
-                    raise _Stopped
-                append(await call(item))
+            if stop is None:  # on the run's own loop: the hottest loop of the library
+                for i, item in enumerate(items):  # noqa: B007
+                    append(await call(item))
+            else:
+                for i, item in enumerate(items):  # noqa: B007
+                    if stop.stopped:
+                        raise _Stopped
+                    append(await call(item))
         elif kind is Kind.MAP:
             append = outputs.append
             for i, item in enumerate(items):  # noqa: B007
