@@ -336,3 +336,36 @@ def test_batch_timeout_flushes_a_partial_batch() -> None:
         return out
 
     assert run_async(main()) == [[1, 2], [3]]
+
+
+class _FailsToBuild:
+    def __init__(self) -> None:
+        raise LookupError("no model file")
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+class _FailsToClose:
+    def __call__(self, x: int) -> int:
+        return x
+
+    def close(self) -> None:
+        raise OSError("flush failed")
+
+
+@pytest.mark.parametrize(
+    ("cls", "error", "when"),
+    [
+        (_FailsToBuild, LookupError, "starting"),
+        (_FailsToClose, OSError, "closing"),
+    ],
+)
+def test_worker_build_and_close_errors_name_the_layer(
+    backend: str, cls: type, error: type[Exception], when: str
+) -> None:
+    with pytest.raises(error) as info:
+        af.run(range(5), af.Layer(cls, 2, backend=backend, name="model"))
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert f"raised while {when} worker" in notes
+    assert "of layer 'model' (#0)" in notes

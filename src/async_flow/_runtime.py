@@ -305,6 +305,10 @@ class LayerRun:
             try:
                 await self.backend.close_worker(slot)
             except Exception as exc:  # noqa: BLE001 - raised below, after the others closed
+                exc.add_note(
+                    f"async_flow: raised while closing worker {slot} of layer"
+                    f" {self.layer.name!r} (#{self.index})"
+                )
                 errors.append(exc)
         if errors:
             raise errors[0]
@@ -312,7 +316,14 @@ class LayerRun:
     async def _open_and_work(self, slot: _Slot) -> None:
         # Recorded before opening: a slot cancelled half-open is still closed.
         self._opened.append(slot.id)
-        await self.backend.open_worker(slot.id)
+        try:
+            await self.backend.open_worker(slot.id)
+        except Exception as exc:
+            exc.add_note(
+                f"async_flow: raised while starting worker {slot.id} of layer"
+                f" {self.layer.name!r} (#{self.index})"
+            )
+            raise
         in_flight = self.backend.batches_in_flight
         if in_flight == 1:
             await self._work(slot)
