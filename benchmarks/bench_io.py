@@ -25,6 +25,24 @@ def flow() -> None:
     assert report.layers[0].emitted == N
 
 
+def bare_floor() -> None:
+    """What asyncio's timers allow: 100 tasks, each awaiting its 20 sleeps one after the other.
+
+    One ``asyncio.sleep(0.01)`` takes a little longer than 10 ms (the loop wakes after the
+    deadline), so no scheduler of these items reaches the ideal; this row shows how close the
+    event loop itself gets, with no queue and no pipeline at all.
+    """
+
+    async def chain() -> None:
+        for _ in range(N // WORKERS):
+            await asyncio.sleep(DELAY)
+
+    async def main() -> None:
+        await asyncio.gather(*(chain() for _ in range(WORKERS)))
+
+    asyncio.run(main())
+
+
 def semaphore_gather() -> None:
     """The hand-written reference: gather under a semaphore."""
 
@@ -68,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [Result("ideal", IDEAL, N)]
     for name, fn in {
+        "bare asyncio: 100 tasks x 20 sleeps": bare_floor,
         "async_flow": flow,
         "gather + semaphore": semaphore_gather,
         "aiostream": aiostream_run,
