@@ -159,7 +159,20 @@ def pypeln_thread() -> None:
     check(sum(stage))
 
 
-def streamable_run() -> None:
+def streamable_async() -> None:
+    from streamable import stream
+
+    async def main() -> int:
+        total = 0
+        async for x in stream(range(N)).map(a1).map(a2).map(a3):
+            total += x
+        return total
+
+    check(asyncio.run(main()))
+
+
+def streamable_plain() -> None:
+    """Plain functions chained as iterators in the consumer's thread: nothing runs concurrently."""
     from streamable import stream
 
     check(sum(stream(range(N)).map(s1).map(s2).map(s3)))
@@ -190,7 +203,8 @@ CONTENDERS: dict[str, Callable[[], None]] = {
     "aiostream": aiostream_run,
     "pypeln.task": pypeln_task,
     "pypeln.thread": pypeln_thread,
-    "streamable": streamable_run,
+    "streamable (async fns)": streamable_async,
+    "streamable (plain fns, sequential)": streamable_plain,
     "spdl": spdl_run,
 }
 
