@@ -568,3 +568,21 @@ def test_ctrl_c_in_the_parent_stops_every_worker_before_it_returns() -> None:
     out, _ = proc.communicate(timeout=30)
     assert "interrupted; children left: 0" in out
     assert _gone(workers)
+
+
+def _spin_2ms(x: int) -> int:
+    end = time.perf_counter() + 0.002
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
+def test_busy_time_counts_each_worker_once_with_two_batches_in_flight() -> None:
+    # Each worker has a second batch queued while it runs one; a worker is busy once, not twice.
+    out, report = gather(range(300), proc_layer(_spin_2ms, 2))
+    assert sorted(out) == list(range(300))
+    stats = report.layers[0]
+    assert stats.busy_seconds <= stats.workers * stats.elapsed * 1.01
+    # The work itself (0.6 s of spinning) is inside the busy time.
+    assert stats.busy_seconds >= 300 * 0.002
+    assert stats.busy_workers == 0

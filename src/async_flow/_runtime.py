@@ -121,13 +121,17 @@ class _Reorderer:
 class _Slot:
     """One worker slot of a running layer."""
 
-    __slots__ = ("id", "idle", "retiring")
+    __slots__ = ("id", "idle", "in_flight", "last_end", "retiring")
 
     def __init__(self, slot_id: int) -> None:
         self.id = slot_id
         self.retiring = False
         #: The slot's tasks now suspended on the empty input channel (they hold no item).
         self.idle: _TaskSet = set()
+        #: Batches handed to the worker and not yet back (a backend may queue two at a worker).
+        self.in_flight = 0
+        #: When the worker's last batch came back.
+        self.last_end = 0.0
 
     def is_retiring(self) -> bool:
         # A call, not the attribute: the flag changes while the worker awaits.
@@ -373,9 +377,11 @@ class LayerRun:
                 self._seq = seq + 1
                 n = len(items)
                 counters.received += n
-                counters.busy_workers += 1
                 extra = 0 if lineage is None else lineage.before(self.index, items)
                 start = perf_counter()
+                if slot.in_flight == 0:
+                    counters.busy_workers += 1
+                slot.in_flight += 1
                 try:
                     result = await self._run_batch(slot_id, items)
                     outputs = result.outputs
@@ -384,10 +390,18 @@ class LayerRun:
                             slot_id, items, result.done, result.error, outputs
                         )
                 finally:
-                    elapsed = perf_counter() - start
-                    counters.busy_workers -= 1
-                    counters.busy_seconds += elapsed
-                sizer.observe(elapsed, n + extra)
+                    # A worker serves its batches one after the other: a batch queued behind
+                    # another one is served from when that one came back. Counting from there
+                    # keeps a worker's busy time a time (never two batches at once) and gives
+                    # the sizer the batch's own cost, not its wait in the queue.
+                    end = perf_counter()
+                    served = end - max(start, slot.last_end)
+                    slot.last_end = end
+                    slot.in_flight -= 1
+                    if slot.in_flight == 0:
+                        counters.busy_workers -= 1
+                    counters.busy_seconds += max(0.0, served)
+                sizer.observe(max(0.0, served), n + extra)
                 if lineage is not None:
                     lineage.after(self.index, items, outputs)
                 counters.emitted += len(outputs) - extra

@@ -331,10 +331,9 @@ class ProcessBackend(Backend):
 
     name = "process"
     batches_in_flight = 2
-    # Two batches in flight: the measured time of a batch includes waiting behind the other one,
-    # so this asks for batches of about 10 ms of work, enough to make the per-batch cost of
-    # pickling and a socket round trip negligible, small enough to share the tail of a run evenly.
-    target_batch_seconds = 0.02
+    # About 10 ms of work per batch: enough to make the per-batch cost of pickling and a socket
+    # round trip negligible, small enough to share the tail of a run evenly.
+    target_batch_seconds = 0.01
     max_batch = 4096
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
