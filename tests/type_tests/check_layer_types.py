@@ -1,4 +1,4 @@
-"""What a type checker infers for a ``Layer``.
+"""What a type checker infers for a ``Layer`` and the stream of a pipeline.
 
 Checked by mypy (``[tool.mypy] files`` in pyproject.toml): a wrong ``assert_type`` fails the check,
 and so does a ``# type: ignore`` that stops being needed (``warn_unused_ignores``). Nothing here is
@@ -156,3 +156,25 @@ def check_helpers() -> None:
     assert_type(af.batch(100), af.Layer[Any, list[Any]])
     assert_type(af.flatten(), af.Layer[Iterable[Any], Any])
     assert_type(af.sinks.sqlite("out.db"), af.Layer[Any, None])
+
+
+def check_streams(lines: list[str], keys: AsyncIterator[int]) -> None:
+    # The stream yields the last layer's outputs, or the source's items without layers.
+    assert_type(af.open_stream(lines), af.Stream[str])
+    assert_type(af.open_stream(keys, maxsize=8), af.Stream[int])
+    assert_type(af.open_stream(af.merge(range(3), [4, 5])), af.Stream[int])
+    assert_type(af.open_stream(lines, af.Layer(parse)), af.Stream[int])
+    assert_type(af.open_stream(lines, af.Layer(words), af.Layer(len)), af.Stream[int])
+    assert_type(af.open_stream(lines, af.Layer(parse), af.batch(10), af.Layer(sum)), af.Stream[int])
+    assert_type(
+        af.open_stream(keys, af.Layer(fetch), af.Layer(chunks), af.flatten()), af.Stream[Any]
+    )
+    with af.open_stream(lines, af.Layer(parse)) as numbers:
+        for n in numbers:
+            assert_type(n, int)
+
+
+async def check_async_stream(lines: list[str]) -> None:
+    async with af.open_stream(lines, af.Layer(words, ordered=True)) as stream:
+        async for word in stream:
+            assert_type(word, str)
