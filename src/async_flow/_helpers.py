@@ -6,7 +6,7 @@ They are ordinary :class:`~async_flow.Layer` objects, so the runtime has no spec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from ._channel import EndOfChannel, ReceiveChannel
@@ -71,7 +71,7 @@ def batch(size: int, timeout: float | None = None, *, name: str = "batch") -> La
     return Layer._from_stream(group, name=name)
 
 
-def _flatten(items: Iterable[Any]) -> Iterable[Any]:
+def _flatten(items: Iterable[Any]) -> Iterator[Any]:
     yield from items
 
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from ._autoscale import Auto
 from ._policy import Policy, Raise
 
 __all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
 
-In = TypeVar("In")
-Out = TypeVar("Out")
+# A layer consumes ``In`` and produces ``Out``: ``Layer[int, bool]`` is a ``Layer[bool, object]``.
+In = TypeVar("In", contravariant=True)
+Out = TypeVar("Out", covariant=True)
+
+
+class _PerItem(Protocol[In, Out]):
+    """What the instances of a stateful worker class are: called with one item."""
+
+    def __call__(self, item: In, /) -> Out: ...
+
 
 #: The backend names a layer may ask for. Each is one module under ``async_flow.backends``.
 BACKENDS: tuple[str, ...] = ("async", "thread", "process", "ray")
@@ -82,6 +90,14 @@ class Layer(Generic[In, Out]):
     it is a context manager, else ``close()``/``aclose()`` if it has one). A class without
     ``__call__`` (``int``, a dataclass) is called per item like a function.
 
+    Type checkers infer ``Layer[In, Out]`` from ``fn``: ``In`` is the type of the item it takes,
+    ``Out`` the type of one output (what a plain or coroutine function returns, what a generator
+    or async generator function yields; for a class, what its ``__call__`` does). Annotate a
+    generator function as returning ``Iterator[Out]`` or ``Generator[Out, ...]``: one annotated
+    ``Iterable[Out]`` is typed as a plain function returning the iterable. ``args`` and ``kwargs``
+    are not checked against the class's constructor (they are ``Any``). A generic function
+    (``def same(x: T) -> T``) needs the types spelled out: ``Layer[int, int](same)``.
+
     Args:
         fn: the per-item callable, or a class whose instances are.
         workers: how many items the layer works on at once (threads, tasks, processes, actors),
@@ -142,6 +158,132 @@ class Layer(Generic[In, Out]):
         "workers",
     )
 
+    # The overloads only give the types (``Layer[In, Out]`` from ``fn``'s annotations); the kind
+    # is decided at run time by ``call_kind`` from what ``fn`` is. Most specific first: a class
+    # before a function (a class is also callable: its constructor), streams before plain values
+    # (a generator function is also a ``Callable[[In], Out]``). Only a class takes
+    # ``args``/``kwargs``. The two disagree only for a plain function returning an iterator or a
+    # coroutine (typed as a generator or coroutine function, while the run passes the object on).
+    @overload
+    def __init__(
+        self,
+        fn: type[_PerItem[In, AsyncIterable[Out]]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: type[_PerItem[In, Coroutine[Any, Any, Out]]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: type[_PerItem[In, Iterator[Out]]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: type[_PerItem[In, Out]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: Callable[[In], AsyncIterable[Out]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: Callable[[In], Coroutine[Any, Any, Out]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: Callable[[In], Iterator[Out]],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        fn: Callable[[In], Out],
+        workers: int | Auto = 1,
+        *,
+        backend: str | None = None,
+        maxsize: int | None = None,
+        ordered: bool = False,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_error: Policy | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
     def __init__(
         self,
         fn: Callable[..., Any],

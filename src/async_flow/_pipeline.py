@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from ._autoscale import Autoscaler, current_clock
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
@@ -30,6 +30,7 @@ __all__ = ("Stream", "open_stream", "pipeline", "run")
 T = TypeVar("T")
 
 Source = Iterable[Any] | AsyncIterable[Any] | Merge[Any]
+_L = Layer[Any, Any]
 
 #: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -540,6 +541,115 @@ class Stream(Generic[T]):
             raise error
 
 
+# The stream's item type: the last layer's ``Out`` (the source's items without layers), for up
+# to six layers; past that, or with ``*layers`` of unknown length, the items are ``Any``.
+@overload
+def open_stream(
+    source: Iterable[T] | AsyncIterable[T] | Merge[T],
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    l1: Layer[Any, T],
+    /,
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    l1: _L,
+    l2: Layer[Any, T],
+    /,
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: Layer[Any, T],
+    /,
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: Layer[Any, T],
+    /,
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: _L,
+    l5: Layer[Any, T],
+    /,
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: _L,
+    l5: _L,
+    l6: Layer[Any, T],
+    /,
+    *,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[T]: ...
+
+
+@overload
+def open_stream(
+    source: Source,
+    *layers: _L,
+    maxsize: int = DEFAULT_MAXSIZE,
+    progress: ProgressOption = None,
+    total: int | None = None,
+) -> Stream[Any]: ...
+
+
 def open_stream(
     source: Source,
     *layers: Layer[Any, Any],
@@ -552,6 +662,9 @@ def open_stream(
     ``maxsize`` bounds the output channel: a consumer that stops reading suspends the last layer,
     which back-pressures the whole pipeline. ``progress`` and ``total`` are as for
     :func:`pipeline`.
+
+    For type checkers the stream yields the last layer's ``Out`` (the source's items when there
+    are no layers), for up to six layers given one by one; beyond that the items are ``Any``.
 
     Example::
 
