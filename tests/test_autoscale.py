@@ -553,7 +553,7 @@ def test_fixed_cpu_layers_hold_their_share_of_the_budget() -> None:
             make(af.Layer(double, af.Auto(min=2), backend="process")),
         ]
         scaler = Autoscaler(runs, cpus=8)
-        assert scaler.budget == 5
+        assert scaler.budgets["process"] == 5
         assert [m.high for m in scaler._managed] == [5, 5]  # a shared budget, not 5 each
         # Never below min, even on a machine with fewer cores than min asks for.
         assert [m.high for m in Autoscaler(runs, cpus=2)._managed] == [1, 2]

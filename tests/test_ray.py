@@ -54,9 +54,14 @@ def backend() -> str:
 def _live_actors() -> list[Any]:
     from ray.util.state import list_actors
 
+    # This session's Ray, by address: left to find one, the state API fails (or picks the
+    # newest) when another Ray runs on the machine.
+    address = ray.get_runtime_context().gcs_address
     return [
         a
-        for a in list_actors(filters=[("class_name", "=", WORKER_CLASS)], limit=1000)
+        for a in list_actors(
+            address=address, filters=[("class_name", "=", WORKER_CLASS)], limit=1000
+        )
         if a.state != "DEAD"
     ]
 

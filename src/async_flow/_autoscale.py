@@ -11,11 +11,15 @@ Both need the condition to hold for several consecutive looks (hysteresis), and 
 changed sits out one look, so a measurement never straddles a change. A growth of a layer outside
 the CPU budget is checked: if throughput did not rise by at least half the ideal gain (a thread
 layer bound by the GIL, a remote service at its limit), the added workers are retired and the
-layer does not grow again for a while. Processes and Ray actors
-share one CPU budget (the CPUs this process may use, cgroup limits included, less what fixed-size
-CPU-bound layers hold): when several such layers want more workers than the budget has left, the
-one that holds its producer back the most gets them first, and the total never exceeds the cores.
-Async and thread layers have no CPU budget, only their ``max``.
+layer does not grow again for a while.
+
+CPU-bound layers draw on a CPU budget, less what the fixed-size layers of the same kind hold:
+process layers on the CPUs this process may use (cgroup limits included), Ray layers on the CPUs
+of the Ray cluster (read once, when the run starts; a worker costs its ``num_cpus``). The two are
+separate budgets, since Ray actors generally run on other machines. When several layers of a
+budget want more workers than it has left, the one that holds its producer back the most gets them
+first, and the total never exceeds the budget. Async and thread layers have no CPU budget, only
+their ``max``.
 
 The controller reads counters snapshots only (nothing on the per-item path) and wakes on a
 :class:`Clock`, so tests can drive it with a :class:`ManualClock`. Each decision is recorded as a
@@ -46,10 +50,12 @@ __all__ = (
     "ScalingEvent",
     "available_cpus",
     "current_clock",
+    "ray_cluster_cpus",
     "use_clock",
 )
 
-#: Backends whose workers each take a core: they share the run's CPU budget.
+#: Backends whose workers each take a core: each backend has its own CPU budget in a run (the
+#: CPUs of this machine for processes, those of the Ray cluster for Ray actors).
 CPU_BOUND_BACKENDS = frozenset({"process", "ray"})
 #: Default ``max`` for layers outside the CPU budget (their workers mostly wait).
 DEFAULT_MAX = {"async": 256, "thread": 64}
@@ -80,9 +86,16 @@ class Auto:
     Pass it as a layer's ``workers``. The layer starts with ``start`` workers (default ``min``);
     the run adds workers while the layer's input channel stays full and its workers are busy, and
     retires idle ones while it starves (a retired worker finishes its batch first; a stateful
-    worker's instance is closed). ``max=None`` means: the CPUs available to this process for
-    ``"process"`` and ``"ray"`` layers (shared between all such layers, so they never
-    oversubscribe the cores), 64 for ``"thread"`` and 256 for ``"async"`` layers.
+    worker's instance is closed, a Ray worker's actor killed). ``max=None`` means: for
+    ``"process"`` layers, the CPUs available to this process; for ``"ray"`` layers, the CPUs of
+    the Ray cluster (as the run starts) divided by the layer's ``num_cpus`` option (default 1);
+    64 for ``"thread"`` and 256 for ``"async"`` layers.
+
+    Process and Ray layers each draw on a CPU budget that the autoscaled layers of that backend
+    share, less what its fixed-size layers hold, so that together they never oversubscribe it:
+    one budget for the cores of this machine (processes), another for the Ray cluster's CPUs
+    (actors, generally on other machines). With a Ray instance local to this machine both
+    budgets count the same cores: give one of the layers a ``max`` if both kinds autoscale.
 
     Example::
 
@@ -267,8 +280,19 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def ray_cluster_cpus() -> float:
+    """The CPUs of the Ray cluster this process is connected to (0 if it reports none).
+
+    Imports Ray: only called for a run with an autoscaled Ray layer, once its backend started.
+    """
+    import ray
+
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return float(resources.get("CPU", 0.0))
+
+
 def _cpu_weight(layer: Any) -> float:
-    """Cores one worker of ``layer`` takes from the budget (0 outside it)."""
+    """Cores one worker of ``layer`` takes from its backend's budget (0 outside any budget)."""
     if layer.backend not in CPU_BOUND_BACKENDS:
         return 0.0
     if layer.backend == "ray":
@@ -374,8 +398,12 @@ class _Managed:
 class Autoscaler:
     """The controller task of one run: looks at the autoscaled layers and resizes them.
 
-    Made by the run when a layer has ``Auto`` workers; :meth:`run` is a task of the run's task
-    group and returns once every autoscaled layer has finished.
+    Made by the run when a layer has ``Auto`` workers, once the backends have started (a Ray
+    layer's budget is read from the cluster it connected to); :meth:`run` is a task of the run's
+    task group and returns once every autoscaled layer has finished.
+
+    ``cpus`` is the process layers' budget (default :func:`available_cpus`), ``ray_cpus`` the
+    Ray layers' (default :func:`ray_cluster_cpus`, read only if a Ray layer is autoscaled).
     """
 
     def __init__(
@@ -385,19 +413,31 @@ class Autoscaler:
         clock: Clock | None = None,
         interval: float = INTERVAL,
         cpus: int | None = None,
+        ray_cpus: float | None = None,
     ) -> None:
         self._clock: Clock = clock or _CLOCK.get() or _LoopClock()
         self.interval = interval
         self.cpus = cpus if cpus is not None else available_cpus()
+        if ray_cpus is None and any(
+            lr.layer.autoscale is not None and _cpu_weight(lr.layer) > 0
+            for lr in layer_runs
+            if lr.layer.backend == "ray"
+        ):
+            ray_cpus = ray_cluster_cpus()
+        #: CPUs of each CPU-bound backend: this machine's for processes, the cluster's for Ray.
+        self.totals: dict[str, float] = {"process": self.cpus, "ray": ray_cpus or 0.0}
         #: Every decision so far, oldest first.
         self.events: list[ScalingEvent] = []
-        held = sum(
-            _cpu_weight(lr.layer) * lr.layer.workers
-            for lr in layer_runs
-            if lr.layer.autoscale is None
-        )
-        #: Cores the autoscaled CPU-bound layers may share.
-        self.budget = max(0.0, self.cpus - held)
+        #: CPUs the autoscaled layers of each CPU-bound backend may share: the total, less what
+        #: the fixed-size layers of that backend hold.
+        self.budgets: dict[str, float] = {}
+        for backend, total in self.totals.items():
+            held = sum(
+                _cpu_weight(lr.layer) * lr.layer.workers
+                for lr in layer_runs
+                if lr.layer.autoscale is None and lr.layer.backend == backend
+            )
+            self.budgets[backend] = max(0.0, total - held)
         self._managed: list[_Managed] = []
         for lr in layer_runs:
             auto = lr.layer.autoscale
@@ -407,7 +447,7 @@ class Autoscaler:
             if auto.max is not None:
                 high = auto.max
             elif weight > 0:
-                high = max(auto.min, int(self.budget // weight))
+                high = max(auto.min, int(self.budgets[lr.layer.backend] / weight + 1e-9))
             else:
                 high = DEFAULT_MAX.get(lr.layer.backend, DEFAULT_MAX["thread"])
             self._managed.append(_Managed(lr, auto.min, max(high, lr.layer.workers), weight))
@@ -515,9 +555,10 @@ class Autoscaler:
         """The layer's max, lowered for a while after a growth that did not pay."""
         return m.high if self._looks >= m.capped_until else min(m.high, m.cap)
 
-    def _cpu_free(self) -> float:
-        used = sum(m.weight * m.workers for m in self._managed)
-        return self.budget - used
+    def _cpu_free(self, backend: str) -> float:
+        """CPUs left in ``backend``'s budget."""
+        used = sum(m.weight * m.workers for m in self._managed if m.run.layer.backend == backend)
+        return self.budgets[backend] - used
 
     def _grow(self, m: _Managed, look: _Look) -> None:
         workers = m.workers
@@ -525,17 +566,19 @@ class Autoscaler:
         # CPU-bound workers grow by half at most, within the budget.
         step = workers if m.weight == 0 else max(1, workers // 2)
         step = min(step, self._high(m) - workers)
+        backend = m.run.layer.backend
         if m.weight > 0:
-            step = min(step, int((self._cpu_free() + 1e-9) // m.weight))
+            step = min(step, int((self._cpu_free(backend) + 1e-9) // m.weight))
         if step <= 0:
             if not m.blocked_noted:
                 m.blocked_noted = True
-                self._record(
-                    m,
-                    0,
-                    f"held: CPU budget spent ({self.budget:g} of {self.cpus} cores for"
-                    f" autoscaled layers); {look.describe()}",
+                budget, total = self.budgets[backend], self.totals[backend]
+                spent = (
+                    f"Ray CPU budget spent ({budget:g} of the cluster's {total:g} CPUs"
+                    if backend == "ray"
+                    else f"CPU budget spent ({budget:g} of {total:g} cores"
                 )
+                self._record(m, 0, f"held: {spent} for autoscaled layers); {look.describe()}")
             return
         rate = m.streak[0] / m.streak[1] if m.streak[1] > 0 else 0.0
         added = m.run.add_workers(step)

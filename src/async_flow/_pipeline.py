@@ -136,8 +136,6 @@ class _Run:
             self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
             upstream.backend.connect(downstream.backend)
-        scaler = Autoscaler(self.layer_runs, clock=self._clock)
-        self.autoscaler = scaler if scaler.active else None
         started: list[LayerRun] = []
         try:
             # Backends start before the source is read, so that a layer that cannot run fails
@@ -145,6 +143,10 @@ class _Run:
             for lr in self.layer_runs:
                 await lr.backend.start()
                 started.append(lr)
+            # After the backends: an autoscaled Ray layer's budget is the CPUs of the cluster
+            # its backend connected to.
+            scaler = Autoscaler(self.layer_runs, clock=self._clock)
+            self.autoscaler = scaler if scaler.active else None
             async with TaskGroup() as tg:
                 self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
