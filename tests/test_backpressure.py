@@ -34,3 +34,25 @@ async def _slow(x: int) -> int:
     for _ in range(3):
         await asyncio.sleep(0)
     return x
+
+
+def test_widening_a_channel_releases_a_blocked_sender_and_never_narrows() -> None:
+    from async_flow._channel import open_channel
+
+    async def main() -> None:
+        send, receive = open_channel(2)
+        sender = asyncio.get_running_loop().create_task(send.send_batch([1, 2, 3, 4]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not sender.done()
+        assert len(receive) == 2
+        receive.widen(4)
+        await sender
+        assert len(receive) == 4
+        assert receive.maxsize == 4
+        receive.widen(3)
+        assert receive.maxsize == 4
+        send.close()
+        assert await receive.receive_batch(10) == [1, 2, 3, 4]
+
+    asyncio.run(main())

@@ -586,3 +586,22 @@ def test_busy_time_counts_each_worker_once_with_two_batches_in_flight() -> None:
     # The work itself (0.6 s of spinning) is inside the busy time.
     assert stats.busy_seconds >= 300 * 0.002
     assert stats.busy_workers == 0
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def test_tiny_items_widen_the_input_channel_and_slow_items_do_not() -> None:
+    # Batches are cut from the channel: tiny items need a wider one to travel in large batches.
+    out, report = gather(range(20_000), proc_layer(_inc, 2))
+    assert sorted(out) == list(range(1, 20_001))
+    assert 256 < report.layers[0].maxsize <= 2 * 1024
+    # Slow items travel a few at a time: the channel keeps its default bound.
+    out, report = gather(range(60), proc_layer(_spin_2ms, 2))
+    assert sorted(out) == list(range(60))
+    assert report.layers[0].maxsize == 256  # the default
+    # A bound the user gave is kept.
+    out, report = gather(range(20_000), proc_layer(_inc, 2, maxsize=64))
+    assert len(out) == 20_000
+    assert report.layers[0].maxsize == 64

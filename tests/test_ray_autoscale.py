@@ -309,7 +309,7 @@ def test_real_clock_ray_layer_grows_and_every_item_arrives_once() -> None:
             af.Auto(),
             backend="ray",
             options={"num_cpus": 0.5},
-            maxsize=16,  # the default (1024 per actor) would hold the whole source: no pressure
+            maxsize=16,  # the default (256) would hold the whole source: no pressure
             name="sq",
         ),
     ) as out:

@@ -221,6 +221,13 @@ class ReceiveChannel(Generic[T]):
             _wake_one(state.send_waiters)
         return items
 
+    def widen(self, maxsize: int) -> None:
+        """Raise the bound to ``maxsize`` (never lowers it); suspended senders put what now fits."""
+        state = self._state
+        if maxsize > state.maxsize:
+            state.maxsize = maxsize
+            _wake_all(state.send_waiters)
+
     async def receive(self) -> T:
         """Take one item (see :meth:`receive_batch`)."""
         return (await self.receive_batch(1))[0]

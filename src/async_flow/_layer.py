@@ -30,11 +30,6 @@ BACKENDS: tuple[str, ...] = ("async", "thread", "process", "ray")
 #: Bound of a layer's input channel when ``maxsize`` is not given.
 DEFAULT_MAXSIZE = 256
 
-# Backends that pay per batch (a pipe write, a remote call) cut their batches of tiny items from
-# what the input channel holds, shared by every batch in flight (two per worker): room for 512
-# items per batch keeps each batch of 20 us items at about 10 ms of work.
-_ROOM_PER_WORKER = {"process": 1024, "ray": 1024}
-
 
 class Kind(enum.Enum):
     """How a layer's callable turns one input into outputs."""
@@ -111,8 +106,10 @@ class Layer(Generic[In, Out]):
             pipeline) and from a Jupyter notebook, lambdas and closures included.
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`
-            (or twice the workers if more); ``"process"`` and ``"ray"`` layers get 1024 items per
-            worker, because their batches of tiny items are cut from what the channel holds.
+            (or twice the workers if more). Without an explicit ``maxsize``, a ``"process"`` or
+            ``"ray"`` layer whose items turn out tiny gets a wider channel as it runs (up to 1024
+            items per worker), because its batches are cut from what the channel holds and a
+            batch of tiny items must be large to be worth a pipe write or a remote call.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.
@@ -144,6 +141,7 @@ class Layer(Generic[In, Out]):
         "args",
         "autoscale",
         "backend",
+        "fixed_maxsize",
         "fn",
         "is_class",
         "kind",
@@ -348,9 +346,9 @@ class Layer(Generic[In, Out]):
         self.is_class = is_class
         self.backend: str = backend or ("async" if kind.is_async else "thread")
         most = autoscale.max if autoscale is not None and autoscale.max is not None else workers
-        if maxsize is None:
-            maxsize = max(DEFAULT_MAXSIZE, 2 * most, _ROOM_PER_WORKER.get(self.backend, 0) * most)
-        self.maxsize = maxsize
+        #: False when the run may widen the input channel for large batches (see ``maxsize``).
+        self.fixed_maxsize = maxsize is not None
+        self.maxsize = maxsize if maxsize is not None else max(DEFAULT_MAXSIZE, 2 * most)
         self.ordered = ordered
         self.name = label
         self.args = tuple(args)

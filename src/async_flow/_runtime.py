@@ -157,6 +157,7 @@ class LayerRun:
         self.counters = LayerCounters(layer.workers)
         self.backend: Backend = get_backend(layer.backend)(layer)
         self._sizer = _BatchSizer(self.backend.target_batch_seconds, self.backend.max_batch)
+        self._room = 0 if layer.fixed_maxsize else self.backend.channel_room_per_worker
         in_flight = self.backend.batches_in_flight
         self._spread = layer.workers * in_flight
         self._seq = 0
@@ -402,6 +403,8 @@ class LayerRun:
                         counters.busy_workers -= 1
                     counters.busy_seconds += max(0.0, served)
                 sizer.observe(max(0.0, served), n + extra)
+                if self._room:
+                    self._widen_inbox()
                 if lineage is not None:
                     lineage.after(self.index, items, outputs)
                 counters.emitted += len(outputs) - extra
@@ -412,6 +415,13 @@ class LayerRun:
         finally:
             if outbox is not None:
                 outbox.close()
+
+    def _widen_inbox(self) -> None:
+        """Let the input channel hold a full batch for every batch in flight, within the room the
+        backend allows: batches are cut from the channel, and tiny items need large batches."""
+        want = min(self._spread * self._sizer.size(), self._room * self.counters.workers)
+        if want > self.inbox.maxsize:
+            self.inbox.widen(want)
 
     async def _recover(
         self, slot: int, items: list[Any], done: int, error: BaseException, outputs: list[Any]

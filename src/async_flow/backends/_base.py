@@ -46,6 +46,11 @@ class Backend(ABC):
     target_batch_seconds: ClassVar[float] = 0.002
     #: The largest batch the runtime hands over in one call.
     max_batch: ClassVar[int] = 1024
+    #: Batches are cut from what the layer's input channel holds, shared by every batch in
+    #: flight. A backend that pays per batch (a pipe write, a remote call) sets how many items
+    #: per worker the runtime may widen the channel to, so that batches of tiny items stay large
+    #: (only when the layer does not set ``maxsize``). 0: the channel keeps its bound.
+    channel_room_per_worker: ClassVar[int] = 0
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
         self.layer = layer
