@@ -1,4 +1,4 @@
-"""Per-item timeouts on the Ray backend.
+"""Per-item timeouts on the Ray backend, and layers whose actors no node can host.
 
 A late item has its actor killed (the slot gets a fresh one) and fails with ItemTimeout under the
 layer's error policy; the items around it are processed exactly once. Runs against the session's
@@ -12,7 +12,7 @@ import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +187,47 @@ def test_leaving_the_stream_with_an_item_stuck_stops_at_once() -> None:
             if value > STUCK:
                 break
     assert time.monotonic() - started < 30
+
+
+# --- resources no node has -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"num_gpus": 1}, "num_gpus=1"),
+        ({"num_cpus": 64}, "num_cpus=64"),
+        ({"num_cpus": 1, "resources": {"tpu": 2}}, "resources={'tpu': 2}"),
+    ],
+)
+def test_resources_no_node_has_fail_at_start(options: dict[str, Any], named: str) -> None:
+    read = []
+
+    def source() -> Iterator[int]:
+        read.append(1)
+        yield 1
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"layer 'big': no node of the Ray cluster") as info:
+        af.run(source(), af.Layer(abs, 2, backend="ray", name="big", options=options))
+    assert time.monotonic() - started < 30
+    assert named in str(info.value)
+    assert read == []
+
+
+@pytest.mark.slow
+def test_resources_that_no_single_node_has_fail_at_start(ray_cluster: Any) -> None:
+    """The cluster as a whole has 3 CPUs and a GPU, but no node has 2 CPUs and a GPU."""
+    node = ray_cluster.add_node(num_cpus=1, num_gpus=1)
+    try:
+        ray_cluster.wait_for_nodes()
+        with pytest.raises(ValueError, match=r"layer 'both'.*no single node has all of"):
+            af.run(
+                [1],
+                af.Layer(abs, backend="ray", name="both", options={"num_cpus": 2, "num_gpus": 1}),
+            )
+        # Either alone fits somewhere: the layer runs.
+        report = af.run([1, -2], af.Layer(abs, backend="ray", options={"num_gpus": 1}))
+        assert report.layers[0].emitted == 2
+    finally:
+        ray_cluster.remove_node(node)

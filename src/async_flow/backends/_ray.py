@@ -44,6 +44,13 @@ each item costs about half a millisecond of the actor's and the driver's time: n
 slow items timeouts are for, a lot for items of microseconds. Consecutive Ray layers still pass
 references: each item's outputs are an object of their own.
 
+Resources: when the run starts, each actor's request (``num_cpus``, ``num_gpus``, ``memory``,
+``resources``) is checked against the live nodes' totals; a request that no single node can meet
+(a GPU on a cluster without one, more CPUs than any node has) fails at once with a ``ValueError``
+naming the layer and the resource, instead of leaving actors pending forever. A cluster with an
+autoscaler may add a node that fits, and a placement group or node affinity decides placement
+itself: there the check is skipped.
+
 Faults: an actor that dies (its process killed, its node gone) is killed for good and replaced by a
 fresh one, and the batch it held is re-run one item at a time on the replacement (see
 :mod:`._crash`); an item that kills ``attempts`` actors in a row fails with
@@ -266,6 +273,64 @@ async def _next_value(stream: Any) -> Any:
     return await ref
 
 
+def _check_feasible(layer: str, options: dict[str, Any]) -> None:
+    """Fail if no node of the cluster can ever host one of the layer's actors.
+
+    Ray would keep such actors pending forever. The check looks at each live node's total
+    resources; it is skipped where nodes are not the whole story: a placement group or a node
+    affinity in ``scheduling_strategy``, or a cluster with an autoscaler, which may add a node
+    that fits.
+    """
+    if options.get("scheduling_strategy") not in (None, "DEFAULT", "SPREAD"):
+        return
+    wanted: dict[str, tuple[str, float]] = {}  # resource -> (how the options ask for it, amount)
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        amount = options.get(option)
+        if amount:
+            wanted[resource] = (f"{option}={amount!r}", float(amount))
+    for resource, amount in (options.get("resources") or {}).items():
+        if amount:
+            wanted[resource] = (f"resources={{{resource!r}: {amount!r}}}", float(amount))
+    if not wanted:
+        return
+    alive = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+    nodes = [node["Resources"] for node in alive]
+    if any(all(node.get(r, 0.0) >= amount for r, (_, amount) in wanted.items()) for node in nodes):
+        return
+    if _autoscaled():
+        return
+    most = {r: max((node.get(r, 0.0) for node in nodes), default=0.0) for r in wanted}
+
+    def has(r: str) -> str:
+        return f"{int(most[r])} bytes of memory" if r == "memory" else f"{most[r]:g} {r}"
+
+    short = [
+        f"{asked} (the most any node has is {has(r)})"
+        for r, (asked, amount) in wanted.items()
+        if most[r] < amount
+    ]
+    if short:
+        why = "it asks for " + " and ".join(short)
+    else:
+        asked = ", ".join(asked for asked, _ in wanted.values())
+        why = f"no single node has all of {asked}"
+    raise ValueError(
+        f"layer {layer!r}: no node of the Ray cluster can host one of its actors: {why}."
+        " The actors would wait for resources forever; change options= or add a node that fits"
+    )
+
+
+def _autoscaled() -> bool:
+    """True if an autoscaler has told Ray which nodes it may add (so none may fit yet)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - Ray's internals moved: assume a fixed cluster
+        return False
+    return config is not None and len(config.node_group_configs) > 0
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The user's exception inside a ``RayTaskError``, else ``exc`` itself."""
     cause = getattr(exc, "cause", None)
@@ -349,6 +414,11 @@ class RayBackend(Backend):
         self._options = options
         self._errors = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
         _acquire_ray()
+        try:
+            _check_feasible(self.layer.name, options)
+        except BaseException:
+            _release_ray()  # aclose() is only called for a backend that started
+            raise
         self._acquired = True
 
     async def _new_actor(self, state: _Slot) -> None:
