@@ -139,18 +139,6 @@ def test_bad_ray_options_fail_before_the_source_is_read() -> None:
     assert read == []
 
 
-def test_a_per_item_timeout_is_refused_before_the_source_is_read() -> None:
-    read = []
-
-    def source() -> Iterator[int]:
-        read.append(1)
-        yield 1
-
-    with pytest.raises(ValueError, match=r"layer 'timed': per-item timeout= is not supported"):
-        af.run(source(), af.Layer(square_and_pid, backend="ray", timeout=1.0, name="timed"))
-    assert read == []
-
-
 def test_constructor_error_is_raised_as_itself() -> None:
     with pytest.raises(LookupError, match="no model here"):
         af.run(range(3), af.Layer(BrokenInit, 2, backend="ray"))

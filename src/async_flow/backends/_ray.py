@@ -32,6 +32,25 @@ index) per output to the next layer, whose actor fetches the values. Ray still i
 objects (under about 100 KB per batch) in the driver's reply, but the driver never deserialises
 them; large outputs go node to node. Only what a non-Ray layer (or the stream) needs is pulled.
 
+Timeouts: with ``Layer(timeout=...)`` a batch is still one call to an actor, but the actor reports
+each item as it finishes (a streaming generator method, :meth:`_RayWorker.run_stream`), and the
+driver times each item from the report before it, so neither the wait behind another batch at the
+same actor nor the actor's own start-up counts against an item. An actor that does not report an
+item in time is killed: the batch keeps the outputs of the items before it, the item fails with
+:class:`~async_flow.ItemTimeout` under the layer's error policy, and the slot gets a fresh actor
+before its next batch. A batch queued behind it on the killed actor runs again on the fresh one. An
+async item is cancelled inside its actor at the timeout instead, and the actor lives on. Reporting
+each item costs about half a millisecond of the actor's and the driver's time: nothing next to the
+slow items timeouts are for, a lot for items of microseconds. Consecutive Ray layers still pass
+references: each item's outputs are an object of their own.
+
+Resources: when the run starts, each actor's request (``num_cpus``, ``num_gpus``, ``memory``,
+``resources``) is checked against the live nodes' totals; a request that no single node can meet
+(a GPU on a cluster without one, more CPUs than any node has) fails at once with a ``ValueError``
+naming the layer and the resource, instead of leaving actors pending forever. A cluster with an
+autoscaler may add a node that fits, and a placement group or node affinity decides placement
+itself: there the check is skipped.
+
 Faults: an actor that dies (its process killed, its node gone) is killed for good and replaced by a
 fresh one, and the batch it held is re-run one item at a time on the replacement (see
 :mod:`._crash`); an item that kills ``attempts`` actors in a row fails with
@@ -46,6 +65,7 @@ import asyncio
 import contextlib
 import os
 import threading
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import ray
@@ -54,6 +74,7 @@ from .._calls import (
     BatchResult,
     WorkerCall,
     close_worker_call_sync,
+    item_timeout,
     open_worker_call_sync,
     run_batch_sync,
 )
@@ -66,6 +87,10 @@ __all__ = ("RayBackend",)
 
 #: How many times an item may lose its actor before it fails with ``WorkerCrashed``.
 CRASH_ATTEMPTS = 3
+
+#: How long past its timeout an async item may run before its actor is killed: the actor cancels
+#: the item itself at the timeout, so this only catches a coroutine that blocks the actor's loop.
+ASYNC_GRACE = 1.0
 
 
 class _RayWorker:
@@ -109,6 +134,38 @@ class _RayWorker:
         which stay in the object store for the next Ray layer (called with ``num_returns=2``)."""
         result = self.run(items, resolve)
         return (result.done, result.error, len(result.outputs)), result.outputs
+
+    def run_stream(
+        self, items: list[Any], resolve: bool, split: bool, per_item: float
+    ) -> Iterator[Any]:
+        """Like :meth:`run`, reporting each item as it finishes (a streaming generator method,
+        called with ``num_returns="streaming"``), so that the driver can time each item out.
+
+        Yields ``None`` once the batch starts here (the items fetched), then per item
+        ``(outputs, error)``; with ``split``, ``(len(outputs), error)`` followed, if the item
+        succeeded, by its outputs as an object of their own that the driver never fetches. Stops
+        after the first item that failed. An async item is cancelled here after ``per_item``
+        seconds (an :class:`~async_flow.ItemTimeout`); the driver kills the actor for the rest.
+        """
+        call = self._call
+        assert call is not None, "run_stream() before open()"
+        if resolve:
+            items = _resolve(items)
+        yield None
+        name = self._layer.name
+        for item in items:
+            result = run_batch_sync(
+                call.call, call.kind, [item], None, self._runner, per_item, None, name
+            )
+            error = None if result.error is None else _portable(result.error)
+            if split:
+                yield len(result.outputs), error
+                if error is None:
+                    yield result.outputs
+            else:
+                yield result.outputs, error
+            if error is not None:
+                return
 
     def close(self) -> None:
         try:
@@ -207,6 +264,73 @@ def _remote_worker_class() -> Any:
     return _actor_class
 
 
+async def _next_value(stream: Any) -> Any:
+    """The value of the next object a streaming actor method yields (its error, raised)."""
+    try:
+        ref = await anext(stream)
+    except StopAsyncIteration:
+        raise RuntimeError("a Ray actor's stream of results ended early") from None
+    return await ref
+
+
+def _check_feasible(layer: str, options: dict[str, Any]) -> None:
+    """Fail if no node of the cluster can ever host one of the layer's actors.
+
+    Ray would keep such actors pending forever. The check looks at each live node's total
+    resources; it is skipped where nodes are not the whole story: a placement group or a node
+    affinity in ``scheduling_strategy``, or a cluster with an autoscaler, which may add a node
+    that fits.
+    """
+    if options.get("scheduling_strategy") not in (None, "DEFAULT", "SPREAD"):
+        return
+    wanted: dict[str, tuple[str, float]] = {}  # resource -> (how the options ask for it, amount)
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        amount = options.get(option)
+        if amount:
+            wanted[resource] = (f"{option}={amount!r}", float(amount))
+    for resource, amount in (options.get("resources") or {}).items():
+        if amount:
+            wanted[resource] = (f"resources={{{resource!r}: {amount!r}}}", float(amount))
+    if not wanted:
+        return
+    alive = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+    nodes = [node["Resources"] for node in alive]
+    if any(all(node.get(r, 0.0) >= amount for r, (_, amount) in wanted.items()) for node in nodes):
+        return
+    if _autoscaled():
+        return
+    most = {r: max((node.get(r, 0.0) for node in nodes), default=0.0) for r in wanted}
+
+    def has(r: str) -> str:
+        return f"{int(most[r])} bytes of memory" if r == "memory" else f"{most[r]:g} {r}"
+
+    short = [
+        f"{asked} (the most any node has is {has(r)})"
+        for r, (asked, amount) in wanted.items()
+        if most[r] < amount
+    ]
+    if short:
+        why = "it asks for " + " and ".join(short)
+    else:
+        asked = ", ".join(asked for asked, _ in wanted.values())
+        why = f"no single node has all of {asked}"
+    raise ValueError(
+        f"layer {layer!r}: no node of the Ray cluster can host one of its actors: {why}."
+        " The actors would wait for resources forever; change options= or add a node that fits"
+    )
+
+
+def _autoscaled() -> bool:
+    """True if an autoscaler has told Ray which nodes it may add (so none may fit yet)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - Ray's internals moved: assume a fixed cluster
+        return False
+    return config is not None and len(config.node_group_configs) > 0
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The user's exception inside a ``RayTaskError``, else ``exc`` itself."""
     cause = getattr(exc, "cause", None)
@@ -254,6 +378,8 @@ class RayBackend(Backend):
         self._slots: dict[int, _Slot] = {}
         self._created: list[Any] = []
         self._in_flight: set[Any] = set()
+        #: ``id()`` of the actors killed because an item they held was late.
+        self._timed_out: set[int] = set()
         self._acquired = False
         self._stopped = False
         self._options: dict[str, Any] = {}
@@ -271,11 +397,6 @@ class RayBackend(Backend):
 
     async def start(self) -> None:
         # Options are checked before Ray is touched: a bad layer starts nothing.
-        if self.layer.timeout is not None:
-            raise ValueError(
-                f"layer {self.layer.name!r}: per-item timeout= is not supported on the Ray"
-                " backend yet; use the process backend or leave timeout out"
-            )
         options = dict(self.layer.options)
         if "name" in options:
             raise ValueError(
@@ -293,6 +414,11 @@ class RayBackend(Backend):
         self._options = options
         self._errors = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
         _acquire_ray()
+        try:
+            _check_feasible(self.layer.name, options)
+        except BaseException:
+            _release_ray()  # aclose() is only called for a backend that started
+            raise
         self._acquired = True
 
     async def _new_actor(self, state: _Slot) -> None:
@@ -353,12 +479,7 @@ class RayBackend(Backend):
             if isinstance(exc, self._errors):
                 await self._replace(state, actor)
                 raise WorkerLost(None, f"{type(exc).__name__}") from exc
-            from .._runtime import short_repr
-
-            raise SerializationError(
-                f"layer {self.layer.name!r}: cannot send item {short_repr(items[0])}"
-                f" (batch of {len(items)}) to a Ray actor: {exc}"
-            ) from exc
+            raise self._send_error(items, exc) from exc
         self._in_flight.add(ref)
         try:
             result = await ref
@@ -372,15 +493,117 @@ class RayBackend(Backend):
             return BatchResult([RayItem(outputs_ref, i) for i in range(count)], done, error)
         return result  # type: ignore[no-any-return]
 
+    async def _live_actor(self, state: _Slot) -> Any:
+        """The slot's actor; a fresh one first if the last was killed for a late item.
+
+        The new actor is created and its instance built before the caller's batch is sent, so
+        none of that counts against an item's timeout.
+        """
+        async with state.replacing:
+            if state.actor is None:
+                if self._stopped:
+                    raise WorkerLost(None, "the run is stopping")
+                self.restarts += 1
+                try:
+                    await self._new_actor(state)
+                except self._errors as exc:
+                    self._kill(state.actor)
+                    state.actor = None
+                    raise WorkerLost(None, f"Ray actor died while starting: {exc}") from exc
+            return state.actor
+
+    def _kill_late(self, state: _Slot, actor: Any) -> None:
+        """Kill ``actor``, stuck on a late item; the slot's next batch gets a fresh one."""
+        self._timed_out.add(id(actor))
+        if state.actor is actor:
+            state.actor = None
+        self._kill(actor)
+
+    async def _run_timed(self, state: _Slot, items: list[Any], per_item: float) -> BatchResult:
+        """Run ``items`` on the slot's actor, each within ``per_item`` seconds of its start.
+
+        The actor reports each item as it finishes (:meth:`_RayWorker.run_stream`). An item's
+        clock starts when the driver hears that the batch started or that the item before it
+        finished, so neither the wait behind another batch nor the creation of the actor counts.
+        An item not reported in time has its actor killed; the result keeps the outputs of the
+        items before it and ends with an :class:`~async_flow.ItemTimeout` for it.
+        """
+        allowed = per_item + (ASYNC_GRACE if self.layer.kind.is_async else 0.0)
+        while True:
+            actor = await self._live_actor(state)
+            try:
+                return await self._stream(state, actor, items, per_item, allowed)
+            except self._errors as exc:
+                if id(actor) in self._timed_out:
+                    # Killed for another batch's late item before this batch finished on it:
+                    # nothing of it is kept, it runs again on the fresh actor.
+                    continue
+                await self._replace(state, actor)
+                raise WorkerLost(None, f"Ray actor lost: {type(exc).__name__}") from exc
+
+    async def _stream(
+        self, state: _Slot, actor: Any, items: list[Any], per_item: float, allowed: float
+    ) -> BatchResult:
+        split = self._emit_refs
+        try:
+            stream = actor.run_stream.options(num_returns="streaming").remote(
+                items, self._take_refs, split, per_item
+            )
+        except Exception as exc:  # a pickling failure, described below
+            if isinstance(exc, self._errors):
+                raise
+            raise self._send_error(items, exc) from exc
+        self._in_flight.add(stream)
+        try:
+            await _next_value(stream)  # the actor has started the batch
+            outputs: list[Any] = []
+            for index in range(len(items)):
+                deadline = asyncio.timeout(allowed)
+                try:
+                    async with deadline:
+                        produced, error = await _next_value(stream)
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+                    self._kill_late(state, actor)
+                    return BatchResult(outputs, index, item_timeout(self.layer.name, per_item))
+                if not split:
+                    outputs.extend(produced)
+                elif error is None:
+                    # The item's outputs, as an object of their own: hand on its reference.
+                    ref = await anext(stream)
+                    if ref == stream.completed():  # the actor failed instead: raise its error
+                        await ref
+                    outputs.extend(RayItem(ref, i) for i in range(produced))
+                if error is not None:
+                    return BatchResult(outputs, index, error)
+            return BatchResult(outputs, len(items), None)
+        finally:
+            self._in_flight.discard(stream)
+
+    def _send_error(self, items: list[Any], exc: Exception) -> SerializationError:
+        from .._runtime import short_repr
+
+        return SerializationError(
+            f"layer {self.layer.name!r}: cannot send item {short_repr(items[0])}"
+            f" (batch of {len(items)}) to a Ray actor: {exc}"
+        )
+
     async def run_batch(self, slot: int, items: list[Any]) -> BatchResult:
         state = self._slots[slot]
+        per_item = self.layer.timeout
 
         def on_retry(n: int) -> None:
             self.retried += n
 
+        def run_once(batch: list[Any]) -> Awaitable[BatchResult]:
+            if per_item is None:
+                return self._run_once(state, batch)
+            return self._run_timed(state, batch, per_item)
+
         try:
             return await run_with_crash_retry(
-                lambda batch: self._run_once(state, batch),
+                run_once,
                 items,
                 layer=self.layer.name,
                 attempts=CRASH_ATTEMPTS,
