@@ -107,7 +107,7 @@ class Layer(Generic[In, Out]):
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`
             (or twice the workers if more). Without an explicit ``maxsize``, a ``"process"`` or
-            ``"ray"`` layer whose items turn out tiny gets a wider channel as it runs (up to 1024
+            ``"ray"`` layer whose items turn out tiny gets a wider channel as it runs (up to 2048
             items per worker), because its batches are cut from what the channel holds and a
             batch of tiny items must be large to be worth a pipe write or a remote call.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder

@@ -417,9 +417,10 @@ class LayerRun:
                 outbox.close()
 
     def _widen_inbox(self) -> None:
-        """Let the input channel hold a full batch for every batch in flight, within the room the
-        backend allows: batches are cut from the channel, and tiny items need large batches."""
-        want = min(self._spread * self._sizer.size(), self._room * self.counters.workers)
+        """Let the input channel hold two full batches for every batch in flight (one taken, one
+        being refilled), within the room the backend allows: batches are cut from the channel,
+        and tiny items need large batches."""
+        want = min(2 * self._spread * self._sizer.size(), self._room * self.counters.workers)
         if want > self.inbox.maxsize:
             self.inbox.widen(want)
 

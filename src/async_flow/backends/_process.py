@@ -335,8 +335,8 @@ class ProcessBackend(Backend):
     # round trip negligible, small enough to share the tail of a run evenly.
     target_batch_seconds = 0.01
     max_batch = 4096
-    # Two batches of up to 512 items per worker: 10 ms batches of 20 us items.
-    channel_room_per_worker = 1024
+    # Room for two batches in flight per worker and as many waiting: 10 ms batches of 20 us items.
+    channel_room_per_worker = 2048
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
         super().__init__(layer)

@@ -371,7 +371,7 @@ class RayBackend(Backend):
     # A Ray call costs milliseconds: batches of about 50 ms of work make that negligible.
     target_batch_seconds = 0.05
     max_batch = 1024
-    channel_room_per_worker = 1024
+    channel_room_per_worker = 2048
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
         super().__init__(layer)
