@@ -331,11 +331,13 @@ class ProcessBackend(Backend):
 
     name = "process"
     batches_in_flight = 2
-    # About 10 ms of work per batch: enough to make the per-batch cost of pickling and a socket
-    # round trip negligible, small enough to share the tail of a run evenly.
-    target_batch_seconds = 0.01
+    # About 40 ms of work per batch. A batch costs the parent a few hundred microseconds (pickling,
+    # a socket round trip, event-loop turns) on cores the workers need: measured side by side,
+    # 10 ms batches ran 2 ms items about 10% slower than 40 ms ones. The tail of a run is still
+    # shared evenly, a batch or two per worker.
+    target_batch_seconds = 0.04
     max_batch = 4096
-    # Room for two batches in flight per worker and as many waiting: 10 ms batches of 20 us items.
+    # Room for two batches in flight per worker and as many waiting, of up to 1024 items each.
     channel_room_per_worker = 2048
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
