@@ -1,7 +1,7 @@
 """CPU-bound work on 2 worker processes: async_flow's process backend against its peers.
 
 Every contender computes the same items with the same pure-Python function and returns the same
-checksum; the table gives each one's wall time and its speed as a ratio to serial and to the
+checksum; the table gives each one's median wall time (contenders take turns, round by round) and its speed as a ratio to serial and to the
 *limit*: the items split in two halves by hand and computed by two bare processes with no IPC at
 all (what two cores can do on this machine, in this run). Pool start-up is part of every time,
 as a user pays it. A last table times the first result of a process layer (start-up latency).
@@ -150,26 +150,29 @@ def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[s
     fn = functools.partial(work, n=n)
     items = list(range(n_items))
     print(f"\n## {title}: {n_items:,} items, ~{per_item * 1e6:g} us each, {WORKERS} workers")
-    times: dict[str, float] = {}
+    runs = [(name, run) for name, run in contenders(n_items) if not any(s in name for s in skip)]
+    samples: dict[str, list[float]] = {name: [] for name, _ in runs}
+    failed: set[str] = set()
     expected: int | None = None
-    for name, run in contenders(n_items):
-        if any(s in name for s in skip):
-            continue
-        samples = []
-        for _ in range(repeat):
+    # Round by round, every contender once per round: a machine that slows down or speeds up
+    # during the benchmark (a shared VM does) moves every contender's median alike.
+    for _ in range(repeat):
+        for name, run in runs:
+            if name in failed:
+                continue
             start = time.perf_counter()
             try:
                 got = run(fn, items)
             except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
                 print(f"  {name}: failed: {type(exc).__name__}: {exc}")
-                break
-            samples.append(time.perf_counter() - start)
+                failed.add(name)
+                continue
+            samples[name].append(time.perf_counter() - start)
             if expected is None:
                 expected = got
             elif got != expected:
                 raise SystemExit(f"{name} computed {got}, expected {expected}")
-        if samples:
-            times[name] = statistics.median(samples)
+    times = {name: statistics.median(s) for name, s in samples.items() if s}
     serial = times.get("serial")
     limit = times.get("limit: 2 bare processes, no IPC")
     print(f"{'contender':<36} {'seconds':>8} {'x serial':>9} {'x limit':>8}")
