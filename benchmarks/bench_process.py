@@ -1,9 +1,10 @@
 """CPU-bound work on 2 worker processes: async_flow's process backend against its peers.
 
 Every contender computes the same items with the same pure-Python function and returns the same
-checksum; the table gives each one's median wall time (contenders take turns, round by round) and its speed as a ratio to serial and to the
-*limit*: the items split in two halves by hand and computed by two bare processes with no IPC at
-all (what two cores can do on this machine, in this run). Pool start-up is part of every time,
+checksum; the table gives each one's median wall time (contenders take turns, round by round)
+and its speed as a ratio to serial and to the *limit*: the items split in two halves by hand and
+computed by two bare processes with no IPC at all (what two cores can do on this machine, in this
+run). Pool start-up is part of every time,
 as a user pays it. A last table times the first result of a process layer (start-up latency).
 
     python benchmarks/bench_process.py              # everything (about a minute on 2 idle cores)
