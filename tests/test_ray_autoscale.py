@@ -17,7 +17,6 @@ import pytest
 import async_flow as af
 from async_flow import _autoscale
 from async_flow._autoscale import DOWN_AFTER, UP_AFTER, Autoscaler, ManualClock, use_clock
-from async_flow.backends import get_backend
 from tests._ray_workers import Gated, slow_square
 from tests.conftest import run_async, wait_until
 from tests.test_autoscale import _lines, changes, double, look, queue_source, stats, until
@@ -72,17 +71,15 @@ def no_actor_left() -> Iterator[None]:
 
 
 def saturated(stream: Any, layer: str, workers: int, maxsize: int) -> Callable[[], bool]:
-    """``workers`` actors up, each holding its batches in flight (one item each while held),
-    and the input channel full."""
-
-    in_flight = get_backend("ray").batches_in_flight
+    """``workers`` actors up and busy (a worker counts once, whatever it holds in flight), and
+    the input channel full."""
 
     def check() -> bool:
         s = stats(stream, layer)
         return (
             s is not None
             and s.workers == workers
-            and s.busy_workers == in_flight * workers
+            and s.busy_workers == workers
             and s.queued == maxsize
         )
 

@@ -465,9 +465,9 @@ class RayBackend(Backend):
                 await self._new_actor(state)
 
     async def _run_once(self, state: _Slot, items: list[Any]) -> BatchResult:
-        actor = state.actor
-        if actor is None:
-            raise WorkerLost(None, "no live actor for this worker")
+        # While a dead actor is being replaced, wait for the fresh one: failing here would count
+        # a crash against items that never met the dead actor.
+        actor = await self._live_actor(state)
         try:
             if self._emit_refs:
                 ref, outputs_ref = actor.run_split.options(num_returns=2).remote(
