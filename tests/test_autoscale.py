@@ -433,6 +433,31 @@ def test_a_growth_that_does_not_raise_throughput_is_undone(
     run_async(main())
 
 
+@pytest.mark.slow
+def test_a_growth_that_paid_grows_again_at_its_verdict_while_still_short() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        layer = af.Layer(sleepy, af.Auto(max=8), maxsize=8, name="w")
+        with use_clock(clock):
+            stream = af.open_stream(range(10**9), layer)
+        async with stream:
+            reader = asyncio.ensure_future(drain(stream))
+            try:
+                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                assert changes(stream, "w") == [2]
+                # The verdict comes after a look sat out and UP_AFTER measured looks; the layer
+                # was short all along, so it doubles again at the verdict, not UP_AFTER later.
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                assert changes(stream, "w") == [2, 4], stream.report.scaling
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    run_async(main())
+
+
 def test_the_plot_draws_an_autoscaled_layers_worker_count(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from async_flow._plot import worker_steps

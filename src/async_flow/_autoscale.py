@@ -512,7 +512,10 @@ class Autoscaler:
                 m.cooldown -= 1
                 continue
             if m.judging is not None:
-                self._judge(m, look)
+                if self._judge(m, look) and look.short and m.workers < self._high(m):
+                    # The growth paid and the layer is still short: it has been short through
+                    # the whole judgement, so it grows again now rather than after more looks.
+                    wanting.append((m, look))
                 continue
             workers = m.workers
             high = self._high(m)
@@ -603,8 +606,11 @@ class Autoscaler:
             self._changed(m, -retired)
             self._record(m, -retired, f"{look.describe()} for {m.down_after} looks")
 
-    def _judge(self, m: _Managed, look: _Look) -> None:
-        """After a growth: keep it if throughput rose by half the ideal gain, else undo it."""
+    def _judge(self, m: _Managed, look: _Look) -> bool:
+        """After a growth: keep it if throughput rose by half the ideal gain, else undo it.
+
+        True once the growth is judged to have paid while the layer stayed pressed.
+        """
         assert m.judging is not None
         m.window[0] += look.items
         m.window[1] += look.seconds
@@ -612,18 +618,21 @@ class Autoscaler:
         m.window[3] += not look.pressed
         items, seconds, looks, unpressed = m.window
         if (items < MIN_ITEMS or looks < UP_AFTER) and looks < 5:
-            return
+            return False
         before, workers_before = m.judging
         m.judging = None
         if items < MIN_ITEMS or seconds <= 0 or unpressed:
             # Too few items to tell, or the input stopped being full: the growth met the
             # demand (the layer above is now the limit), which is what it was for.
-            return
+            return False
         after = items / seconds
         workers = m.workers
         wanted = before * (1 + 0.5 * (workers / workers_before - 1))
         if after >= wanted:
-            return
+            # The judged looks measured this worker count's throughput: the next growth is
+            # judged against it.
+            m.streak = [items, seconds]
+            return True
         m.cap = workers_before
         m.capped_until = self._looks + CAP_LOOKS
         retired = m.run.retire_workers(workers - workers_before)
@@ -636,6 +645,7 @@ class Autoscaler:
                 f" {workers_before}, {after:.0f}/s with {workers}): back to {workers_before},"
                 f" no growth for {CAP_LOOKS} looks",
             )
+        return False
 
     def _changed(self, m: _Managed, change: int) -> None:
         m.last_change = change
