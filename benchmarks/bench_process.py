@@ -20,6 +20,7 @@ import functools
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -146,29 +147,54 @@ def contenders(n_items: int) -> Iterator[tuple[str, Callable[..., int]]]:
     yield "SPDL pipe + ProcessPoolExecutor", run_spdl
 
 
-def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[str]) -> None:
-    n = calibrate(per_item)
-    fn = functools.partial(work, n=n)
+def run_isolated(name: str, loops: int, n_items: int) -> tuple[float, int]:
+    """Run contender ``name`` once in a fresh interpreter; return its time and checksum.
+
+    Each run starts clean: some peers leave a thread behind in their process (mpire, pypeln,
+    SPDL do), and a process with threads must not fork, so whatever ran before would change how
+    the next contender starts its workers.
+    """
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, str(loops), str(n_items)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(out[-2]), int(out[-1])
+
+
+def child(name: str, loops: int, n_items: int) -> None:
+    """The ``--child`` side of :func:`run_isolated`: time one run, print seconds and checksum."""
+    run = dict(contenders(n_items))[name]
+    fn = functools.partial(work, n=loops)
     items = list(range(n_items))
+    start = time.perf_counter()
+    got = run(fn, items)
+    print(time.perf_counter() - start, got)
+
+
+def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[str]) -> None:
+    loops = calibrate(per_item)
     print(f"\n## {title}: {n_items:,} items, ~{per_item * 1e6:g} us each, {WORKERS} workers")
-    runs = [(name, run) for name, run in contenders(n_items) if not any(s in name for s in skip)]
-    samples: dict[str, list[float]] = {name: [] for name, _ in runs}
+    names = [name for name, _ in contenders(n_items) if not any(s in name for s in skip)]
+    samples: dict[str, list[float]] = {name: [] for name in names}
     failed: set[str] = set()
     expected: int | None = None
-    # Round by round, every contender once per round: a machine that slows down or speeds up
-    # during the benchmark (a shared VM does) moves every contender's median alike.
+    # Round by round, every contender once per round, each run in a fresh interpreter: a machine
+    # that slows down or speeds up during the benchmark (a shared VM does) moves every
+    # contender's median alike, and no run inherits what an earlier one left behind.
     for _ in range(repeat):
-        for name, run in runs:
+        for name in names:
             if name in failed:
                 continue
-            start = time.perf_counter()
             try:
-                got = run(fn, items)
-            except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
-                print(f"  {name}: failed: {type(exc).__name__}: {exc}")
+                seconds, got = run_isolated(name, loops, n_items)
+            except subprocess.CalledProcessError as exc:  # a peer that fails is reported
+                lines = (exc.stderr or "").strip().splitlines()
+                print(f"  {name}: failed: {lines[-1] if lines else exc}")
                 failed.add(name)
                 continue
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(seconds)
             if expected is None:
                 expected = got
             elif got != expected:
@@ -228,7 +254,12 @@ def main() -> None:
     parser.add_argument(
         "--skip", action="append", default=[], help="skip contenders whose name has this text"
     )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        name, loops, n_items = args.child
+        child(name, int(loops), int(n_items))
+        return
     scale = 10 if args.quick else 1
     skip = set(args.skip)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()}")

@@ -396,6 +396,23 @@ async def drain(stream: Stream[Any]) -> None:
         pass
 
 
+@contextlib.asynccontextmanager
+async def pressed(layer: af.Layer[Any, Any], clock: ManualClock) -> AsyncIterator[Stream[Any]]:
+    """An endless run of ``layer`` on ``clock``, read as fast as it goes, its input full."""
+    with use_clock(clock):
+        stream = af.open_stream(range(10**9), layer)
+    async with stream:
+        reader = asyncio.ensure_future(drain(stream))
+        try:
+            name = layer.name
+            await until(lambda: (s := stats(stream, name)) is not None and s.queued >= 4, "full")
+            yield stream
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("fn", "backend", "kept"),
@@ -408,27 +425,18 @@ def test_a_growth_that_does_not_raise_throughput_is_undone(
     async def main() -> None:
         clock = ManualClock()
         layer = af.Layer(fn, af.Auto(max=2), backend=backend, maxsize=8, name="w")
-        with use_clock(clock):
-            stream = af.open_stream(range(10**9), layer)
-        async with stream:
-            reader = asyncio.ensure_future(drain(stream))
-            try:
-                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
+        async with pressed(layer, clock) as stream:
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            assert changes(stream, "w") == [2]
+            # A look sat out, then the verdict after UP_AFTER measured looks.
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            if kept:
+                assert changes(stream, "w") == [2], stream.report.scaling
+            else:
+                assert changes(stream, "w") == [2, 1], stream.report.scaling
+                assert "did not raise throughput" in stream.report.scaling[-1].reason
                 await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-                assert changes(stream, "w") == [2]
-                # A look sat out, then the verdict after UP_AFTER measured looks.
-                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-                if kept:
-                    assert changes(stream, "w") == [2], stream.report.scaling
-                else:
-                    assert changes(stream, "w") == [2, 1], stream.report.scaling
-                    assert "did not raise throughput" in stream.report.scaling[-1].reason
-                    await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-                    assert changes(stream, "w") == [2, 1]  # no new growth for a while
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                assert changes(stream, "w") == [2, 1]  # no new growth for a while
 
     run_async(main())
 
@@ -438,22 +446,13 @@ def test_a_growth_that_paid_grows_again_at_its_verdict_while_still_short() -> No
     async def main() -> None:
         clock = ManualClock()
         layer = af.Layer(sleepy, af.Auto(max=8), maxsize=8, name="w")
-        with use_clock(clock):
-            stream = af.open_stream(range(10**9), layer)
-        async with stream:
-            reader = asyncio.ensure_future(drain(stream))
-            try:
-                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
-                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-                assert changes(stream, "w") == [2]
-                # The verdict comes after a look sat out and UP_AFTER measured looks; the layer
-                # was short all along, so it doubles again at the verdict, not UP_AFTER later.
-                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-                assert changes(stream, "w") == [2, 4], stream.report.scaling
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+        async with pressed(layer, clock) as stream:
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            assert changes(stream, "w") == [2]
+            # The verdict comes after a look sat out and UP_AFTER measured looks; the layer was
+            # short all along, so it doubles again at the verdict, not UP_AFTER looks later.
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            assert changes(stream, "w") == [2, 4], stream.report.scaling
 
     run_async(main())
 
