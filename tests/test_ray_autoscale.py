@@ -70,6 +70,22 @@ def no_actor_left() -> Iterator[None]:
     assert wait_until(lambda: not live_actors(), 20.0), f"actors left: {live_actors()}"
 
 
+def gated_layer(
+    name: str, workers: af.Auto, num_cpus: float, *gate_files: Path, maxsize: int | None = None
+) -> af.Layer[Any, Any]:
+    """A Ray layer of :class:`Gated` actors (logging their life to the first file, waiting for
+    the second to exist before each item, if given)."""
+    return af.Layer(
+        Gated,
+        workers,
+        backend="ray",
+        options={"num_cpus": num_cpus},
+        maxsize=maxsize,
+        name=name,
+        args=tuple(str(f) for f in gate_files),
+    )
+
+
 def saturated(stream: Any, layer: str, workers: int, maxsize: int) -> Callable[[], bool]:
     """``workers`` actors up and busy (a worker counts once, whatever it holds in flight), and
     the input channel full."""
@@ -150,15 +166,8 @@ def test_grows_under_a_full_channel_never_past_max_and_loses_nothing(tmp_path: P
     maxsize, n = 4, 40
 
     async def main() -> list[int]:
-        layer = af.Layer(
-            Gated,
-            af.Auto(min=1, max=3),  # the cluster would allow 4 actors of half a CPU
-            backend="ray",
-            options={"num_cpus": 0.5},
-            maxsize=maxsize,
-            name="held",
-            args=(str(log), str(gate)),
-        )
+        # The cluster would allow 4 actors of half a CPU: max holds it at 3.
+        layer = gated_layer("held", af.Auto(min=1, max=3), 0.5, log, gate, maxsize=maxsize)
         clock = ManualClock()
         with use_clock(clock):
             stream = af.open_stream(range(n), layer)
@@ -206,15 +215,7 @@ def test_grows_to_the_clusters_cpus_and_no_further(
     maxsize, n = 4, 30
 
     async def main() -> list[int]:
-        layer = af.Layer(
-            Gated,
-            af.Auto(max=most),
-            backend="ray",
-            options={"num_cpus": 1},
-            maxsize=maxsize,
-            name="cpu",
-            args=(str(log), str(gate)),
-        )
+        layer = gated_layer("cpu", af.Auto(max=most), 1, log, gate, maxsize=maxsize)
         clock = ManualClock()
         with use_clock(clock):
             stream = af.open_stream(range(n), layer)
@@ -252,14 +253,7 @@ def test_a_starved_layer_kills_its_retired_actors_between_items(tmp_path: Path) 
 
     async def main() -> list[int]:
         queue: asyncio.Queue[int | None] = asyncio.Queue()
-        layer = af.Layer(
-            Gated,
-            af.Auto(min=1, max=4, start=4),
-            backend="ray",
-            options={"num_cpus": 0.5},
-            name="idle",
-            args=(str(log),),
-        )
+        layer = gated_layer("idle", af.Auto(min=1, max=4, start=4), 0.5, log)
         clock = ManualClock()
         with use_clock(clock):
             stream = af.open_stream(queue_source(queue), layer)
