@@ -396,13 +396,13 @@ class LayerRun:
                     # keeps a worker's busy time a time (never two batches at once) and gives
                     # the sizer the batch's own cost, not its wait in the queue.
                     end = perf_counter()
-                    served = end - max(start, slot.last_end)
+                    served = max(0.0, end - max(start, slot.last_end))
                     slot.last_end = end
                     slot.in_flight -= 1
                     if slot.in_flight == 0:
                         counters.busy_workers -= 1
-                    counters.busy_seconds += max(0.0, served)
-                sizer.observe(max(0.0, served), n + extra)
+                    counters.busy_seconds += served
+                sizer.observe(served, n + extra)
                 if self._room:
                     self._widen_inbox()
                 if lineage is not None:

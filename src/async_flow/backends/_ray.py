@@ -450,19 +450,12 @@ class RayBackend(Backend):
                 self.restarts += 1
 
     async def _replace(self, state: _Slot, dead: Any) -> None:
-        """Swap the dead actor of a slot for a fresh one (once, however many batches saw it)."""
+        """Give up the dead actor of a slot (once, however many batches saw it); the slot's next
+        batch gets a fresh one from :meth:`_live_actor`, the one place actors are replaced."""
         async with state.replacing:
-            if state.actor is not dead:
-                return
-            state.actor = None
-            self._kill(dead)
-            if self._stopped:
-                return
-            self.restarts += 1
-            # If the replacement dies too (its node going away?), the next batch on this slot
-            # finds it dead and replaces it again, within the item's crash budget.
-            with contextlib.suppress(*self._errors):
-                await self._new_actor(state)
+            if state.actor is dead:
+                state.actor = None
+                self._kill(dead)
 
     async def _run_once(self, state: _Slot, items: list[Any]) -> BatchResult:
         # While a dead actor is being replaced, wait for the fresh one: failing here would count
@@ -494,7 +487,7 @@ class RayBackend(Backend):
         return result  # type: ignore[no-any-return]
 
     async def _live_actor(self, state: _Slot) -> Any:
-        """The slot's actor; a fresh one first if the last was killed for a late item.
+        """The slot's actor; a fresh one first if the last died or was killed for a late item.
 
         The new actor is created and its instance built before the caller's batch is sent, so
         none of that counts against an item's timeout.
