@@ -441,6 +441,44 @@ def test_a_growth_that_does_not_raise_throughput_is_undone(
     run_async(main())
 
 
+def steady_below(x: int) -> int:
+    """A layer below serving ~120 items/s: faster than one ``sleepy`` worker, slower than two."""
+    time.sleep(0.008)
+    return x
+
+
+@pytest.mark.slow
+def test_a_growth_held_up_by_the_layer_below_is_kept() -> None:
+    """Two workers would double the layer's throughput, but the layer below caps the gain at
+    about a quarter: the growth met the demand (the limit is now below), so it stays."""
+
+    async def main() -> None:
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(
+                range(10**9),
+                af.Layer(sleepy, af.Auto(max=2), maxsize=8, name="w"),
+                af.Layer(steady_below, 1, maxsize=2, name="below"),
+            )
+        async with stream:
+            reader = asyncio.ensure_future(drain(stream))
+            try:
+                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
+                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                assert changes(stream, "w") == [2]
+                # A look sat out, then the verdict: throughput rose by far less than the
+                # growth promised, but only because "below" is now the bottleneck.
+                await measured_looks(clock, stream, "w", 2 + UP_AFTER)
+                assert changes(stream, "w") == [2], stream.report.scaling
+                assert stream.report.layer("w").workers == 2
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    run_async(main())
+
+
 @pytest.mark.slow
 def test_a_growth_that_paid_grows_again_at_its_verdict_while_still_short() -> None:
     async def main() -> None:

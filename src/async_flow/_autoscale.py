@@ -61,11 +61,11 @@ CPU_BOUND_BACKENDS = frozenset({"process", "ray"})
 DEFAULT_MAX = {"async": 256, "thread": 64}
 
 #: Seconds between two looks at the layers.
-INTERVAL = 0.1
+INTERVAL = 0.05
 #: Consecutive looks a layer must be short of workers before it gets more.
 UP_AFTER = 2
 #: Consecutive looks a layer must starve before it loses workers (slower: adding back costs more).
-DOWN_AFTER = 5
+DOWN_AFTER = 10
 #: Busy share of the workers at which a pressed layer counts as short of workers.
 BUSY = 0.8
 #: Busy share the remaining workers may reach after a retirement: CPU-bound workers cost a core
@@ -73,10 +73,13 @@ BUSY = 0.8
 TARGET = {True: 0.7, False: 0.5}
 #: A layer that grows right after shrinking waits this many times longer before its next shrink.
 FLAP_BACKOFF = 2
+#: Share of a look's worker time spent waiting on a full output at which a layer counts as held
+#: up by the layer below (more workers would not help it).
+BLOCKED = 0.2
 #: Items a throughput measurement needs before it is trusted (fewer: no verdict).
 MIN_ITEMS = 20
 #: Looks a growth without a gain in throughput keeps the layer from growing again.
-CAP_LOOKS = 50
+CAP_LOOKS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +332,7 @@ class _Look:
     @property
     def short(self) -> bool:
         """Pressed, busy and not held up by the layer below: more workers would help."""
-        return self.pressed and self.util >= BUSY and self.blocked < 0.2
+        return self.pressed and self.util >= BUSY and self.blocked < BLOCKED
 
     def starving(self, workers: int, target: float) -> bool:
         """The work would keep one worker fewer busy at most ``target``."""
@@ -381,8 +384,9 @@ class _Managed:
         # Did the last growth pay? (rate before, workers before), and the measurements so far.
         self.judging: tuple[float, int] | None = None
         self.streak = [0, 0.0]  # items, seconds while short
-        # Items, seconds, looks since the growth being judged, and looks with the input not full.
-        self.window = [0, 0.0, 0, 0]
+        # Items, seconds, looks since the growth being judged; looks with the input not full, and
+        # looks with the layer held up by the layer below.
+        self.window = [0, 0.0, 0, 0, 0]
         self.cap = high
         self.capped_until = -1
 
@@ -590,7 +594,7 @@ class Autoscaler:
                 # Workers outside the CPU budget could grow to no avail (a GIL-bound thread
                 # layer, a saturated remote service): check that this growth raised throughput.
                 m.judging = (rate, workers)
-                m.window = [0, 0.0, 0, 0]
+                m.window = [0, 0.0, 0, 0, 0]
             if m.last_change < 0:
                 # Growing back what was just retired: be slower to retire next time.
                 m.down_after = min(m.down_after * FLAP_BACKOFF, DOWN_AFTER * FLAP_BACKOFF**3)
@@ -616,14 +620,16 @@ class Autoscaler:
         m.window[1] += look.seconds
         m.window[2] += 1
         m.window[3] += not look.pressed
-        items, seconds, looks, unpressed = m.window
+        m.window[4] += look.blocked >= BLOCKED
+        items, seconds, looks, unpressed, held = m.window
         if (items < MIN_ITEMS or looks < UP_AFTER) and looks < 5:
             return False
         before, workers_before = m.judging
         m.judging = None
-        if items < MIN_ITEMS or seconds <= 0 or unpressed:
-            # Too few items to tell, or the input stopped being full: the growth met the
-            # demand (the layer above is now the limit), which is what it was for.
+        if items < MIN_ITEMS or seconds <= 0 or unpressed or held:
+            # Too few items to tell, or the growth met the demand: the input stopped being full
+            # (the layer above is now the limit) or the output filled up (the layer below is).
+            # Either way throughput is no longer this layer's to raise, so the growth stays.
             return False
         after = items / seconds
         workers = m.workers
