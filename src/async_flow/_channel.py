@@ -155,8 +155,8 @@ class SendChannel(Generic[T]):
         while True:
             if state.closed_receive:
                 raise ClosedChannelError("the receiving side of this channel is closed")
-            room = state.maxsize - len(buffer)
-            if room >= len(items):
+            room = state.maxsize - len(buffer)  # below 0 after the channel was narrowed
+            if room >= len(items) or not items:
                 buffer.extend(items)
                 if state.receive_waiters:
                     _wake_one(state.receive_waiters)
@@ -227,6 +227,12 @@ class ReceiveChannel(Generic[T]):
         if maxsize > state.maxsize:
             state.maxsize = maxsize
             _wake_all(state.send_waiters)
+
+    def narrow(self, maxsize: int) -> None:
+        """Lower the bound to ``maxsize`` (never raises it, never below 1). Items already buffered
+        stay; senders wait until the buffer has drained below the new bound."""
+        state = self._state
+        state.maxsize = max(1, min(maxsize, state.maxsize))
 
     async def receive(self) -> T:
         """Take one item (see :meth:`receive_batch`)."""

@@ -135,6 +135,7 @@ class _Run:
             )
             self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
+            upstream.downstream = downstream
             upstream.backend.connect(downstream.backend)
         started: list[LayerRun] = []
         try:

@@ -177,6 +177,9 @@ class LayerRun:
         self._next_slot = 0
         self._workers: TaskGroup | None = None
         self._input_ended = False
+        #: The next layer of the run (None for the last one): it bounds how wide this layer's
+        #: input channel may grow.
+        self.downstream: LayerRun | None = None
         #: Called once when :meth:`run` ends, however it ends (the autoscaler listens).
         self.on_finished: Callable[[], None] | None = None
 
@@ -385,6 +388,7 @@ class LayerRun:
                 slot.in_flight += 1
                 try:
                     result = await self._run_batch(slot_id, items)
+                    worked = result.seconds
                     outputs = result.outputs
                     if result.error is not None:
                         outputs = await self._recover(
@@ -402,9 +406,9 @@ class LayerRun:
                     if slot.in_flight == 0:
                         counters.busy_workers -= 1
                     counters.busy_seconds += served
-                sizer.observe(served, n + extra)
+                sizer.observe(served if worked is None else worked, n + extra)
                 if self._room:
-                    self._widen_inbox()
+                    self._fit_inbox()
                 if lineage is not None:
                     lineage.after(self.index, items, outputs)
                 counters.emitted += len(outputs) - extra
@@ -416,13 +420,33 @@ class LayerRun:
             if outbox is not None:
                 outbox.close()
 
-    def _widen_inbox(self) -> None:
-        """Let the input channel hold two full batches for every batch in flight (one taken, one
-        being refilled), within the room the backend allows: batches are cut from the channel,
-        and tiny items need large batches."""
-        want = min(2 * self._spread * self._sizer.size(), self._room * self.counters.workers)
-        if want > self.inbox.maxsize:
-            self.inbox.widen(want)
+    def demand(self) -> int:
+        """How many items this layer's input channel can usefully hold: a batch of the size the
+        sizer asks for, for every batch in flight (never less than the declared bound)."""
+        return max(self.layer.maxsize, self._spread * self._sizer.size())
+
+    def _fit_inbox(self) -> None:
+        """Size the input channel for this layer's batches, within the room the backend allows.
+
+        Batches are cut from what the channel holds, so tiny items need a wide channel to travel
+        in large batches. The channel is never wider than what the layer below can take in
+        (its own :meth:`demand`; the declared bound of a caller's output channel): a cheap
+        layer held back by a slow one keeps its declared bound, so memory stays as flat as with
+        fixed bounds. The bound grows at most twofold per batch and falls back at once when the
+        items turn slow or the layer below does.
+        """
+        want = min(self._spread * self._sizer.size(), self._room * self.counters.workers)
+        if self.downstream is not None:
+            want = min(want, self.downstream.demand())
+        elif self.outbox is not None:
+            want = min(want, self.layer.maxsize)
+        inbox = self.inbox
+        current = inbox.maxsize
+        want = max(want, self.layer.maxsize)
+        if want > current:
+            inbox.widen(min(want, 2 * current))
+        elif 2 * want <= current:
+            inbox.narrow(want)
 
     async def _recover(
         self, slot: int, items: list[Any], done: int, error: BaseException, outputs: list[Any]
