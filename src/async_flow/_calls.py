@@ -146,6 +146,9 @@ async def run_batch_async(
         if kind is Kind.AMAP:
             append = outputs.append
             if stop is None:  # on the run's own loop: the hottest loop of the library
+                if len(items) == 1:  # slow items go one at a time
+                    append(await call(items[0]))
+                    return BatchResult(outputs, 1, None)
                 for i, item in enumerate(items):  # noqa: B007
                     append(await call(item))
             else:

@@ -212,8 +212,11 @@ class ReceiveChannel(Generic[T]):
             items = list(buffer)
             buffer.clear()
         else:
-            popleft = buffer.popleft
-            items = [popleft() for _ in range(max_items)]
+            if max_items == 1:  # slow items go one at a time: no comprehension's frame
+                items = [buffer.popleft()]
+            else:
+                popleft = buffer.popleft
+                items = [popleft() for _ in range(max_items)]
             if state.receive_waiters:
                 # Items remain: let the next idle receiver have its share.
                 _wake_one(state.receive_waiters)

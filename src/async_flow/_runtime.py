@@ -357,6 +357,9 @@ class LayerRun:
             lineage = self.lineage
             slot_id = slot.id
             idle = slot.idle
+            run_batch = self.backend.run_batch
+            room = self._room
+            seq = 0
             while True:
                 if slot.retiring:
                     return
@@ -377,8 +380,9 @@ class LayerRun:
                     raise
                 finally:
                     idle.discard(task)
-                seq = self._seq
-                self._seq = seq + 1
+                if reorder is not None:
+                    seq = self._seq
+                    self._seq = seq + 1
                 n = len(items)
                 counters.received += n
                 extra = 0 if lineage is None else lineage.before(self.index, items)
@@ -387,7 +391,10 @@ class LayerRun:
                     counters.busy_workers += 1
                 slot.in_flight += 1
                 try:
-                    result = await self._run_batch(slot_id, items)
+                    try:
+                        result = await run_batch(slot_id, items)
+                    except WorkerCrashed as crashed:  # as in _run_batch, without its frame
+                        result = BatchResult([], 0, crashed)
                     worked = result.seconds
                     outputs = result.outputs
                     if result.error is not None:
@@ -407,7 +414,7 @@ class LayerRun:
                         counters.busy_workers -= 1
                     counters.busy_seconds += served
                 sizer.observe(served if worked is None else worked, n + extra)
-                if self._room:
+                if room:
                     self._fit_inbox()
                 if lineage is not None:
                     lineage.after(self.index, items, outputs)
