@@ -50,17 +50,38 @@ def test_slow_thread_items_keep_the_declared_bound() -> None:
     assert report.layers[0].maxsize == DEFAULT_MAXSIZE
 
 
-def test_a_cheap_layer_ahead_of_a_slow_one_does_not_widen_its_channel() -> None:
-    # The cheap layer could use large batches, but a wider channel in front of it would only
+def test_cheap_layers_ahead_of_a_slow_one_do_not_widen_their_channels() -> None:
+    # The cheap layers could use large batches, but wider channels in front of them would only
     # fill up while the slow layer below holds everything back: memory must stay as flat as
     # with the declared bounds. Read at every item that comes out, so timing does not matter.
-    widest = 0
-    with af.open_stream(itertools.count(), af.Layer(_inc), af.Layer(_slow_1ms)) as out:
+    widest = [0, 0]
+    layers = [af.Layer(_inc), af.Layer(_double), af.Layer(_slow_1ms)]
+    with af.open_stream(itertools.count(), *layers) as out:
         for i, _ in enumerate(out):
-            widest = max(widest, out.report.layers[0].maxsize)
+            stats = out.report.layers
+            widest = [max(w, s.maxsize) for w, s in zip(widest, stats, strict=False)]
             if i == 500:
                 break
-    assert widest == DEFAULT_MAXSIZE
+    assert widest == [DEFAULT_MAXSIZE, DEFAULT_MAXSIZE]
+
+
+def test_cheap_layers_ahead_of_a_cheap_collector_widen_their_channels() -> None:
+    total = 0
+
+    async def collect(x: int) -> None:  # on the event loop: no batches of its own to size
+        nonlocal total
+        total += x
+
+    report = af.run(range(50_000), af.Layer(_inc), af.Layer(_double), af.Layer(collect))
+    assert total == sum(2 * (x + 1) for x in range(50_000))
+    assert all(s.maxsize > DEFAULT_MAXSIZE for s in report.layers[:2]), report.layers
+
+
+def test_a_callers_output_channel_bounds_the_channels_above_it() -> None:
+    # The caller may read slowly: the layers' channels grow no wider than its channel.
+    with af.open_stream(range(30_000), af.Layer(_inc), af.Layer(_double)) as out:
+        assert sum(out) == sum(2 * (x + 1) for x in range(30_000))
+    assert [s.maxsize for s in out.report.layers] == [DEFAULT_MAXSIZE, DEFAULT_MAXSIZE]
 
 
 def test_a_channel_narrows_again_when_its_items_turn_slow() -> None:
@@ -72,7 +93,9 @@ def test_a_channel_narrows_again_when_its_items_turn_slow() -> None:
         return x
 
     widened = narrowed = 0
-    with af.open_stream(itertools.count(), af.Layer(sometimes_slow), af.Layer(_inc)) as out:
+    layers = [af.Layer(sometimes_slow), af.Layer(_inc)]
+    # A wide output channel: the caller's channel bounds how wide the layers' channels grow.
+    with af.open_stream(itertools.count(), *layers, maxsize=8192) as out:
         for i, _ in enumerate(out):
             maxsize = out.report.layers[0].maxsize
             if i == 20_000:

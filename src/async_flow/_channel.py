@@ -138,6 +138,11 @@ class SendChannel(Generic[T]):
         if state.open_senders == 0:
             _wake_all(state.receive_waiters)
 
+    @property
+    def maxsize(self) -> int:
+        """The most items the channel buffers."""
+        return self._state.maxsize
+
     async def send(self, item: T) -> None:
         """Put one item, suspending while the channel is full."""
         await self.send_batch([item])

@@ -12,6 +12,7 @@ them.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import reprlib
 import traceback
@@ -427,29 +428,44 @@ class LayerRun:
             if outbox is not None:
                 outbox.close()
 
-    def demand(self) -> int:
-        """How many items this layer's input channel can usefully hold: a batch of the size the
-        sizer asks for, for every batch in flight (never less than the declared bound)."""
-        return max(self.layer.maxsize, self._spread * self._sizer.size())
+    def _intake(self) -> float:
+        """How wide the layer above may let its channel into this layer grow (inf: no limit).
+
+        A layer whose items are tiny (its batches at the backend's cap) takes in whatever comes,
+        as fast as it comes, so it sets no limit of its own; otherwise it takes a batch for each
+        batch in flight. Either way it passes on the limit of the layers below it: a cheap layer
+        in front of a slow one takes in no faster than the slow one.
+        """
+        sizer = self._sizer
+        base = self.layer.maxsize
+        below = max(base, self._limit())
+        if sizer.per_item is not None and sizer.size() >= sizer.cap:
+            return below
+        return min(below, max(base, self._spread * sizer.size()))
+
+    def _limit(self) -> float:
+        """How wide the layers below let this layer's input channel grow (inf: no limit)."""
+        if self.downstream is not None:
+            return self.downstream._intake()
+        if self.outbox is not None:  # the caller's channel: its consumer's pace is unknown
+            return self.outbox.maxsize
+        return math.inf
 
     def _fit_inbox(self) -> None:
         """Size the input channel for this layer's batches, within the room the backend allows.
 
         Batches are cut from what the channel holds, so tiny items need a wide channel to travel
-        in large batches. The channel is never wider than what the layer below can take in
-        (its own :meth:`demand`; the declared bound of a caller's output channel): a cheap
-        layer held back by a slow one keeps its declared bound, so memory stays as flat as with
-        fixed bounds. The bound grows at most twofold per batch and falls back at once when the
-        items turn slow or the layer below does.
+        in large batches: one batch for every batch in flight. The channel is never wider than
+        what the layers below can take in (see :meth:`_intake`; a caller's output channel, its
+        declared bound): a cheap layer held back by a slow one keeps its declared bound, so
+        memory stays as flat as with fixed bounds. The bound grows at most twofold per batch and
+        falls back when the items turn slow or a layer below does.
         """
-        want = min(self._spread * self._sizer.size(), self._room * self.counters.workers)
-        if self.downstream is not None:
-            want = min(want, self.downstream.demand())
-        elif self.outbox is not None:
-            want = min(want, self.layer.maxsize)
+        spread_size = self._spread * self._sizer.size()
+        want = int(min(spread_size, self._room * self.counters.workers, self._limit()))
+        want = max(want, self.layer.maxsize)
         inbox = self.inbox
         current = inbox.maxsize
-        want = max(want, self.layer.maxsize)
         if want > current:
             inbox.widen(min(want, 2 * current))
         elif 2 * want <= current:
