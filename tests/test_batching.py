@@ -119,24 +119,32 @@ def test_the_stop_flag_is_read_within_a_batch_of_cheap_items() -> None:
 
     result = run_batch_sync(call, Kind.MAP, items, stop)
     assert isinstance(result.error, _Stopped)
-    # Read between chunks of at most 1/32 of the batch.
+    # Read between chunks of 64 items or 1/32 of the batch, whichever is more.
     assert 1000 < result.done <= 1001 + len(items) // 32
     assert result.outputs == [-x for x in items[: result.done]]
+    # A small batch (slower items) reads it before every item.
+    stop.stopped = False
+    result = run_batch_sync(call, Kind.MAP, items[990:1020], stop)
+    assert isinstance(result.error, _Stopped)
+    assert result.outputs == [-x for x in range(990, 1001)]
 
 
-def test_a_failing_item_in_a_large_batch_is_named_and_the_outputs_before_it_kept() -> None:
+def test_a_failing_item_is_named_and_the_outputs_before_it_kept() -> None:
     def call(x: int) -> int:
         if x == 2345:
             raise ValueError(x)
         return x + 1
 
-    items = list(range(4096))
-    for stop in (None, StopFlag()):
-        result = run_batch_sync(call, Kind.MAP, items, stop)
-        assert isinstance(result.error, ValueError)
-        assert result.done == 2345
-        assert result.outputs == [x + 1 for x in range(2345)]
-        assert result.seconds is not None
+    # A large batch (chunks), a middle one and a small one (item by item); with and without a
+    # stop flag.
+    for start, end in ((0, 4096), (2300, 2400), (2340, 2350)):
+        batch = list(range(start, end))
+        for stop in (None, StopFlag()):
+            result = run_batch_sync(call, Kind.MAP, batch, stop)
+            assert isinstance(result.error, ValueError)
+            assert result.done == 2345 - start
+            assert result.outputs == [x + 1 for x in range(start, 2345)]
+            assert result.seconds is not None
 
 
 def test_skipped_items_leave_cheap_batches_in_order() -> None:

@@ -94,15 +94,22 @@ def run_batch_sync(
     try:
         if kind is Kind.MAP:
             # One output per item: after a failure, len(outputs) names the failing item (a list
-            # extended from an iterator keeps what it got). The stop flag is read between chunks
-            # of at most 1/32 of the batch: a batch is sized to take a few milliseconds, so a
-            # stop waits for a fraction of one, and tiny items run without a check each.
-            extend = outputs.extend
+            # extended from an iterator keeps what it got). A large batch is run in chunks of
+            # 64 items or 1/32 of the batch, with the stop flag read between them: a batch is
+            # sized to take a few milliseconds, so a stop waits for a fraction of one, and tiny
+            # items run without a check each. A small batch (slower items) checks at each item.
+            n = len(items)
             if stop is None:
-                extend(map(call, items))
+                outputs.extend(map(call, items))
+            elif n < 64:
+                append = outputs.append
+                for item in items:
+                    if stop.stopped:
+                        raise _Stopped
+                    append(call(item))
             else:
-                n = len(items)
-                step = n >> 5 if n >= 64 else 1
+                extend = outputs.extend
+                step = max(64, n >> 5)
                 for j in range(0, n, step):
                     if stop.stopped:
                         raise _Stopped
