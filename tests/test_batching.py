@@ -158,3 +158,12 @@ def test_skipped_items_leave_cheap_batches_in_order() -> None:
         out.extend(stream)
     assert out == [x for x in range(30_000) if x % 97 != 5]
     assert stream.report.layers[0].skipped == len(range(5, 30_000, 97))
+
+
+def test_a_helper_layer_passes_on_the_limit_of_the_layers_below() -> None:
+    # af.batch sizes no batches of its own: what limits the cheap layer above it is the
+    # collector below, a cheap one here.
+    groups: list[list[int]] = []
+    report = af.run(range(50_000), af.Layer(_inc), af.batch(100), af.Layer(groups.append))
+    assert sum(map(len, groups)) == 50_000
+    assert report.layers[0].maxsize > DEFAULT_MAXSIZE

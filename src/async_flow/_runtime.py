@@ -431,14 +431,17 @@ class LayerRun:
     def _intake(self) -> float:
         """How wide the layer above may let its channel into this layer grow (inf: no limit).
 
-        A layer whose items are tiny (its batches at the backend's cap) takes in whatever comes,
-        as fast as it comes, so it sets no limit of its own; otherwise it takes a batch for each
-        batch in flight. Either way it passes on the limit of the layers below it: a cheap layer
-        in front of a slow one takes in no faster than the slow one.
+        A layer whose items are tiny (its batches at the backend's cap), like a helper such as
+        ``af.batch``, takes in whatever comes as fast as it comes, so it sets no limit of its
+        own; otherwise it takes a batch for each batch in flight. Either way it passes on the
+        limit of the layers below it: a cheap layer in front of a slow one takes in no faster
+        than the slow one.
         """
         sizer = self._sizer
         base = self.layer.maxsize
         below = max(base, self._limit())
+        if self.layer.stream is not None:  # a helper on the loop (af.batch, ...): no batches
+            return below
         if sizer.per_item is not None and sizer.size() >= sizer.cap:
             return below
         return min(below, max(base, self._spread * sizer.size()))
