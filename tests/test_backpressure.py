@@ -56,3 +56,26 @@ def test_widening_a_channel_releases_a_blocked_sender_and_never_narrows() -> Non
         assert await receive.receive_batch(10) == [1, 2, 3, 4]
 
     asyncio.run(main())
+
+
+def test_narrowing_a_channel_keeps_its_items_and_holds_senders_until_it_drains() -> None:
+    from async_flow._channel import open_channel
+
+    async def main() -> None:
+        send, receive = open_channel(8)
+        await send.send_batch(list(range(6)))
+        receive.narrow(2)
+        assert receive.maxsize == 2
+        assert len(receive) == 6  # nothing buffered is dropped
+        sender = asyncio.get_running_loop().create_task(send.send_batch([6]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not sender.done()  # 6 items held against a bound of 2
+        assert await receive.receive_batch(5) == [0, 1, 2, 3, 4]
+        await sender
+        receive.narrow(0)
+        assert receive.maxsize == 1  # never below one item
+        send.close()
+        assert await receive.receive_batch(10) == [5, 6]
+
+    asyncio.run(main())

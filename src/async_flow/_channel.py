@@ -138,6 +138,11 @@ class SendChannel(Generic[T]):
         if state.open_senders == 0:
             _wake_all(state.receive_waiters)
 
+    @property
+    def maxsize(self) -> int:
+        """The most items the channel buffers."""
+        return self._state.maxsize
+
     async def send(self, item: T) -> None:
         """Put one item, suspending while the channel is full."""
         await self.send_batch([item])
@@ -155,8 +160,8 @@ class SendChannel(Generic[T]):
         while True:
             if state.closed_receive:
                 raise ClosedChannelError("the receiving side of this channel is closed")
-            room = state.maxsize - len(buffer)
-            if room >= len(items):
+            room = state.maxsize - len(buffer)  # below 0 after the channel was narrowed
+            if room >= len(items) or not items:
                 buffer.extend(items)
                 if state.receive_waiters:
                     _wake_one(state.receive_waiters)
@@ -212,8 +217,11 @@ class ReceiveChannel(Generic[T]):
             items = list(buffer)
             buffer.clear()
         else:
-            popleft = buffer.popleft
-            items = [popleft() for _ in range(max_items)]
+            if max_items == 1:  # slow items go one at a time: no comprehension's frame
+                items = [buffer.popleft()]
+            else:
+                popleft = buffer.popleft
+                items = [popleft() for _ in range(max_items)]
             if state.receive_waiters:
                 # Items remain: let the next idle receiver have its share.
                 _wake_one(state.receive_waiters)
@@ -227,6 +235,12 @@ class ReceiveChannel(Generic[T]):
         if maxsize > state.maxsize:
             state.maxsize = maxsize
             _wake_all(state.send_waiters)
+
+    def narrow(self, maxsize: int) -> None:
+        """Lower the bound to ``maxsize`` (never raises it, never below 1). Items already buffered
+        stay; senders wait until the buffer has drained below the new bound."""
+        state = self._state
+        state.maxsize = max(1, min(maxsize, state.maxsize))
 
     async def receive(self) -> T:
         """Take one item (see :meth:`receive_batch`)."""

@@ -106,10 +106,14 @@ class Layer(Generic[In, Out]):
             pipeline) and from a Jupyter notebook, lambdas and closures included.
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`
-            (or twice the workers if more). Without an explicit ``maxsize``, a ``"process"`` or
-            ``"ray"`` layer whose items turn out tiny gets a wider channel as it runs (up to 2048
-            items per worker), because its batches are cut from what the channel holds and a
-            batch of tiny items must be large to be worth a pipe write or a remote call.
+            (or twice the workers if more). Without an explicit ``maxsize``, a ``"thread"``,
+            ``"process"`` or ``"ray"`` layer whose items turn out tiny gets a wider channel as it
+            runs (up to 4096 items per thread, 2048 per process or actor), because its batches
+            are cut from what the channel holds and a batch of tiny items must be large to be
+            worth a thread hop, a pipe write or a remote call. It never grows wider than what
+            the layers below can take in (nor than the ``maxsize`` of an ``open_stream``), so
+            a cheap layer held back by a slow one keeps this bound, and it falls back to it
+            when the items turn slow.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.

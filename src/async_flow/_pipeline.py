@@ -135,6 +135,7 @@ class _Run:
             )
             self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
+            upstream.downstream = downstream
             upstream.backend.connect(downstream.backend)
         started: list[LayerRun] = []
         try:
@@ -145,8 +146,9 @@ class _Run:
                 started.append(lr)
             # After the backends: an autoscaled Ray layer's budget is the CPUs of the cluster
             # its backend connected to.
-            scaler = Autoscaler(self.layer_runs, clock=self._clock)
-            self.autoscaler = scaler if scaler.active else None
+            if any(lr.layer.autoscale is not None for lr in self.layer_runs):
+                scaler = Autoscaler(self.layer_runs, clock=self._clock)
+                self.autoscaler = scaler if scaler.active else None
             async with TaskGroup() as tg:
                 self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE

@@ -12,6 +12,7 @@ them.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import reprlib
 import traceback
@@ -177,6 +178,9 @@ class LayerRun:
         self._next_slot = 0
         self._workers: TaskGroup | None = None
         self._input_ended = False
+        #: The next layer of the run (None for the last one): it bounds how wide this layer's
+        #: input channel may grow.
+        self.downstream: LayerRun | None = None
         #: Called once when :meth:`run` ends, however it ends (the autoscaler listens).
         self.on_finished: Callable[[], None] | None = None
 
@@ -354,6 +358,9 @@ class LayerRun:
             lineage = self.lineage
             slot_id = slot.id
             idle = slot.idle
+            run_batch = self.backend.run_batch
+            room = self._room
+            seq = 0
             while True:
                 if slot.retiring:
                     return
@@ -374,8 +381,9 @@ class LayerRun:
                     raise
                 finally:
                     idle.discard(task)
-                seq = self._seq
-                self._seq = seq + 1
+                if reorder is not None:
+                    seq = self._seq
+                    self._seq = seq + 1
                 n = len(items)
                 counters.received += n
                 extra = 0 if lineage is None else lineage.before(self.index, items)
@@ -384,7 +392,11 @@ class LayerRun:
                     counters.busy_workers += 1
                 slot.in_flight += 1
                 try:
-                    result = await self._run_batch(slot_id, items)
+                    try:
+                        result = await run_batch(slot_id, items)
+                    except WorkerCrashed as crashed:  # as in _run_batch, without its frame
+                        result = BatchResult([], 0, crashed)
+                    worked = result.seconds
                     outputs = result.outputs
                     if result.error is not None:
                         outputs = await self._recover(
@@ -402,9 +414,9 @@ class LayerRun:
                     if slot.in_flight == 0:
                         counters.busy_workers -= 1
                     counters.busy_seconds += served
-                sizer.observe(served, n + extra)
-                if self._room:
-                    self._widen_inbox()
+                sizer.observe(served if worked is None else worked, n + extra)
+                if room:
+                    self._fit_inbox()
                 if lineage is not None:
                     lineage.after(self.index, items, outputs)
                 counters.emitted += len(outputs) - extra
@@ -416,13 +428,51 @@ class LayerRun:
             if outbox is not None:
                 outbox.close()
 
-    def _widen_inbox(self) -> None:
-        """Let the input channel hold two full batches for every batch in flight (one taken, one
-        being refilled), within the room the backend allows: batches are cut from the channel,
-        and tiny items need large batches."""
-        want = min(2 * self._spread * self._sizer.size(), self._room * self.counters.workers)
-        if want > self.inbox.maxsize:
-            self.inbox.widen(want)
+    def _intake(self) -> float:
+        """How wide the layer above may let its channel into this layer grow (inf: no limit).
+
+        A layer whose items are tiny (its batches at the backend's cap), like a helper such as
+        ``af.batch``, takes in whatever comes as fast as it comes, so it sets no limit of its
+        own; otherwise it takes a batch for each batch in flight. Either way it passes on the
+        limit of the layers below it: a cheap layer in front of a slow one takes in no faster
+        than the slow one.
+        """
+        sizer = self._sizer
+        base = self.layer.maxsize
+        below = max(base, self._limit())
+        if self.layer.stream is not None:  # a helper on the loop (af.batch, ...): no batches
+            return below
+        if sizer.per_item is not None and sizer.size() >= sizer.cap:
+            return below
+        return min(below, max(base, self._spread * sizer.size()))
+
+    def _limit(self) -> float:
+        """How wide the layers below let this layer's input channel grow (inf: no limit)."""
+        if self.downstream is not None:
+            return self.downstream._intake()
+        if self.outbox is not None:  # the caller's channel: its consumer's pace is unknown
+            return self.outbox.maxsize
+        return math.inf
+
+    def _fit_inbox(self) -> None:
+        """Size the input channel for this layer's batches, within the room the backend allows.
+
+        Batches are cut from what the channel holds, so tiny items need a wide channel to travel
+        in large batches: one batch for every batch in flight. The channel is never wider than
+        what the layers below can take in (see :meth:`_intake`; a caller's output channel, its
+        declared bound): a cheap layer held back by a slow one keeps its declared bound, so
+        memory stays as flat as with fixed bounds. The bound grows at most twofold per batch and
+        falls back when the items turn slow or a layer below does.
+        """
+        spread_size = self._spread * self._sizer.size()
+        want = int(min(spread_size, self._room * self.counters.workers, self._limit()))
+        want = max(want, self.layer.maxsize)
+        inbox = self.inbox
+        current = inbox.maxsize
+        if want > current:
+            inbox.widen(min(want, 2 * current))
+        elif 2 * want <= current:
+            inbox.narrow(want)
 
     async def _recover(
         self, slot: int, items: list[Any], done: int, error: BaseException, outputs: list[Any]

@@ -92,7 +92,7 @@ def _encode_result(
     """Pickle a batch's result; an output that cannot be pickled fails the item that made it."""
     import cloudpickle
 
-    outputs, done, error = result
+    outputs, done, error = result.outputs, result.done, result.error
     try:
         return cloudpickle.dumps((outputs, done, dump_error(error) if error else None))  # type: ignore[no-any-return]
     except Exception as exc:  # noqa: BLE001 - turned into the item's error below

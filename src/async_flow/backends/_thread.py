@@ -53,6 +53,10 @@ class ThreadBackend(Backend):
 
     name = "thread"
     target_batch_seconds = 0.002
+    # A hop to a thread and back costs tens of microseconds, more while other threads hold the
+    # GIL: trivial plain functions need batches of thousands of items to leave it behind.
+    max_batch = 4096
+    channel_room_per_worker = 4096
 
     def __init__(self, layer: Any) -> None:
         super().__init__(layer)
