@@ -107,9 +107,10 @@ class Layer(Generic[In, Out]):
         maxsize: bound of the layer's input channel. A full channel suspends the layer above:
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`
             (or twice the workers if more). Without an explicit ``maxsize``, a ``"process"`` or
-            ``"ray"`` layer whose items turn out tiny gets a wider channel as it runs (up to 2048
-            items per worker), because its batches are cut from what the channel holds and a
-            batch of tiny items must be large to be worth a pipe write or a remote call.
+            ``"ray"`` layer whose items turn out tiny gets a wider channel as it runs (up to
+            16,384 items per worker for processes, 2048 for Ray), because its batches are cut
+            from what the channel holds and a batch of tiny items must be large to be worth a
+            pipe write or a remote call.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.
