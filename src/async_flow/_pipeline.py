@@ -431,9 +431,10 @@ class Stream(Generic[T]):
         """What ``async for`` runs: the items already received are handed out by an async
         generator, which costs less per item than a coroutine per :meth:`__anext__` call."""
         buffer = self._buffer
+        popleft = buffer.popleft
         while True:
             while buffer:
-                yield buffer.popleft()
+                yield popleft()
             try:
                 item = await self.__anext__()
             except StopAsyncIteration:
