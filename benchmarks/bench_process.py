@@ -4,8 +4,9 @@ Every contender computes the same items with the same pure-Python function and r
 checksum; the table gives each one's median wall time (contenders take turns, round by round)
 and its speed as a ratio to serial and to the *limit*: the items split in two halves by hand and
 computed by two bare processes with no IPC at all (what two cores can do on this machine, in this
-run). Pool start-up is part of every time,
-as a user pays it. A last table times the first result of a process layer (start-up latency).
+run). Pool start-up is part of every time, as a user pays it; imports are not (each contender's
+happen before its clock starts). Every contender's results are summed in the parent as they
+come. A last table times the first result of a process layer (start-up latency).
 
     python benchmarks/bench_process.py              # everything (about a minute on 2 idle cores)
     python benchmarks/bench_process.py --quick      # smaller runs, for a smoke test
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import importlib
 import multiprocessing
 import os
 import statistics
@@ -83,14 +85,21 @@ def run_limit(fn: Callable[[int], int], items: list[int]) -> int:
 
 
 def run_async_flow(fn: Callable[[int], int], items: list[int]) -> int:
-    total = 0
+    """Consumed like the peers: the parent sums the results as they come.
 
-    async def add(x: int) -> None:
-        nonlocal total
-        total += x
+    ``async with`` + ``async for`` keeps the run on this (single) thread, so workers are forked,
+    like the peers' default; the sync ``with af.open_stream`` form would run the pipeline on a
+    second thread and exec its workers.
+    """
 
-    af.run(items, af.Layer(fn, WORKERS, backend="process"), af.Layer(add))
-    return total
+    async def consume() -> int:
+        total = 0
+        async with af.open_stream(items, af.Layer(fn, WORKERS, backend="process")) as results:
+            async for x in results:
+                total += x
+        return total
+
+    return asyncio.run(consume())
 
 
 def run_pool_imap(fn: Callable[[int], int], items: list[int], chunksize: int) -> int:
@@ -134,17 +143,22 @@ def run_spdl(fn: Callable[[int], int], items: list[int]) -> int:
 # --- running ------------------------------------------------------------------------------
 
 
-def contenders(n_items: int) -> Iterator[tuple[str, Callable[..., int]]]:
+def contenders(n_items: int) -> Iterator[tuple[str, Callable[..., int], tuple[str, ...]]]:
+    """Each contender's name, its run, and the modules it imports on first use (see ``child``)."""
     tuned = max(1, n_items // (WORKERS * 8))
-    yield "serial", run_serial
-    yield "limit: 2 bare processes, no IPC", run_limit
-    yield "async_flow process", run_async_flow
-    yield "Pool.imap chunksize=1", functools.partial(run_pool_imap, chunksize=1)
-    yield f"Pool.imap chunksize={tuned}", functools.partial(run_pool_imap, chunksize=tuned)
-    yield "ProcessPoolExecutor.map", run_executor_map
-    yield "mpire WorkerPool.imap_unordered", run_mpire
-    yield "pypeln.process.map", run_pypeln
-    yield "SPDL pipe + ProcessPoolExecutor", run_spdl
+    yield "serial", run_serial, ()
+    yield "limit: 2 bare processes, no IPC", run_limit, ()
+    yield "async_flow process", run_async_flow, ("async_flow.backends._process",)
+    yield "Pool.imap chunksize=1", functools.partial(run_pool_imap, chunksize=1), ()
+    yield (
+        f"Pool.imap chunksize={tuned}",
+        functools.partial(run_pool_imap, chunksize=tuned),
+        (),
+    )
+    yield "ProcessPoolExecutor.map", run_executor_map, ()
+    yield "mpire WorkerPool.imap_unordered", run_mpire, ("mpire",)
+    yield "pypeln.process.map", run_pypeln, ("pypeln",)
+    yield "SPDL pipe + ProcessPoolExecutor", run_spdl, ("spdl.pipeline",)
 
 
 def run_isolated(name: str, loops: int, n_items: int) -> tuple[float, int]:
@@ -164,8 +178,15 @@ def run_isolated(name: str, loops: int, n_items: int) -> tuple[float, int]:
 
 
 def child(name: str, loops: int, n_items: int) -> None:
-    """The ``--child`` side of :func:`run_isolated`: time one run, print seconds and checksum."""
-    run = dict(contenders(n_items))[name]
+    """The ``--child`` side of :func:`run_isolated`: time one run, print seconds and checksum.
+
+    Imports happen before the clock starts, for every contender alike: a program pays them once,
+    not per run (and without cached bytecode, as under ``PYTHONDONTWRITEBYTECODE``, an import
+    compiles its modules' source, which would weigh on whoever imports lazily).
+    """
+    run, modules = next((run, mods) for n, run, mods in contenders(n_items) if n == name)
+    for module in modules:
+        importlib.import_module(module)
     fn = functools.partial(work, n=loops)
     items = list(range(n_items))
     start = time.perf_counter()
@@ -176,7 +197,7 @@ def child(name: str, loops: int, n_items: int) -> None:
 def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[str]) -> None:
     loops = calibrate(per_item)
     print(f"\n## {title}: {n_items:,} items, ~{per_item * 1e6:g} us each, {WORKERS} workers")
-    names = [name for name, _ in contenders(n_items) if not any(s in name for s in skip)]
+    names = [name for name, _, _ in contenders(n_items) if not any(s in name for s in skip)]
     samples: dict[str, list[float]] = {name: [] for name in names}
     failed: set[str] = set()
     expected: int | None = None

@@ -79,3 +79,32 @@ def test_narrowing_a_channel_keeps_its_items_and_holds_senders_until_it_drains()
         assert await receive.receive_batch(10) == [5, 6]
 
     asyncio.run(main())
+
+
+def test_the_last_items_of_a_closed_channel_are_shared_between_receivers() -> None:
+    """The tail of a run: the source has finished and the channel holds what is left. With
+    ``spread`` receivers, each batch takes at most its share of what remains (never the whole
+    rest for the first receiver), so the batches shrink and workers finish together."""
+    from async_flow._channel import EndOfChannel, open_channel
+
+    async def main() -> list[int]:
+        send, receive = open_channel(100)
+        await send.send_batch(list(range(100)))
+        send.close()
+        sizes: list[int] = []
+        taken: list[int] = []
+        while True:
+            try:
+                batch = await receive.receive_batch(40, spread=4)
+            except EndOfChannel:
+                break
+            sizes.append(len(batch))
+            taken.extend(batch)
+        assert taken == list(range(100))
+        return sizes
+
+    sizes = asyncio.run(main())
+    # 25 of 100, then a quarter of what is left each time, down to single items.
+    assert sizes[:4] == [25, 19, 14, 11]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-4:] == [1, 1, 1, 1]

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 import async_flow as af
+from async_flow.backends._process import ProcessBackend
 from tests.conftest import run_async, wait_until
 
 # Ship this module's functions by value: workers then need not import pytest and this module,
@@ -577,6 +578,13 @@ def _spin_2ms(x: int) -> int:
     return x
 
 
+def _spin_10ms(x: int) -> int:
+    end = time.perf_counter() + 0.01
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
 def test_busy_time_counts_each_worker_once_with_two_batches_in_flight() -> None:
     # Each worker has a second batch queued while it runs one; a worker is busy once, not twice.
     out, report = gather(range(300), proc_layer(_spin_2ms, 2))
@@ -596,10 +604,11 @@ def test_tiny_items_widen_the_input_channel_and_slow_items_do_not() -> None:
     # Batches are cut from the channel: tiny items need a wider one to travel in large batches.
     out, report = gather(range(20_000), proc_layer(_inc, 2))
     assert sorted(out) == list(range(1, 20_001))
-    assert 256 < report.layers[0].maxsize <= 2 * 2048
-    # Slow items travel a few at a time: the channel keeps its default bound.
-    out, report = gather(range(60), proc_layer(_spin_2ms, 2))
-    assert sorted(out) == list(range(60))
+    assert 256 < report.layers[0].maxsize <= 2 * ProcessBackend.channel_room_per_worker
+    # Slow items (10 ms, an eighth of a batch's target) travel a few at a time: the channel
+    # keeps its default bound.
+    out, report = gather(range(30), proc_layer(_spin_10ms, 2))
+    assert sorted(out) == list(range(30))
     assert report.layers[0].maxsize == 256  # the default
     # A bound the user gave is kept.
     out, report = gather(range(20_000), proc_layer(_inc, 2, maxsize=64))

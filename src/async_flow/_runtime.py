@@ -56,17 +56,22 @@ def short_repr(item: Any) -> str:
 class _BatchSizer:
     """Sizes batches so that one takes about ``target`` seconds, from the measured per-item time.
 
-    The first batch is a single item; from then on an exponential moving average of the per-item
-    time decides. Slow work goes one item at a time (so workers share it evenly), tiny work in
-    large batches (so the per-batch cost of a hop, a pipe write or a Ray call vanishes).
+    The first batch is a single item; from then on the per-item time is a decaying average
+    weighted by items (seconds over items, older batches fading by 0.7 per batch). Slow work goes
+    one item at a time (so workers share it evenly), tiny work in large batches (so the per-batch
+    cost of a hop, a pipe write or a Ray call vanishes). Weighting by items lets a large batch
+    outweigh the single-item batch that opened the run, whose time is mostly the round trip: the
+    size reaches its target in a couple of batches rather than a dozen.
     """
 
-    __slots__ = ("cap", "per_item", "target")
+    __slots__ = ("_items", "_seconds", "cap", "per_item", "target")
 
     def __init__(self, target: float, cap: int) -> None:
         self.target = target
         self.cap = cap
         self.per_item: float | None = None
+        self._seconds = 0.0
+        self._items = 0.0
 
     def size(self) -> int:
         if self.per_item is None:
@@ -76,8 +81,11 @@ class _BatchSizer:
         return max(1, min(self.cap, int(self.target / self.per_item)))
 
     def observe(self, seconds: float, items: int) -> None:
-        sample = seconds / items
-        self.per_item = sample if self.per_item is None else 0.7 * self.per_item + 0.3 * sample
+        if items <= 0:
+            return
+        self._seconds = 0.7 * self._seconds + seconds
+        self._items = 0.7 * self._items + items
+        self.per_item = self._seconds / self._items
 
 
 class _Reorderer:

@@ -228,8 +228,12 @@ async def _feed_collection(
     source: Iterable[Any], out: SendChannel[Any], counters: SourceCounters, chunk: int
 ) -> None:
     iterator = iter(source)
-    while items := list(islice(iterator, chunk)):
-        if not await _send(out, items, counters):
+    while True:
+        # As much as the channel has room for (it may have been widened since the run began):
+        # reading a collection ahead costs nothing, and one send per refill beats many.
+        stats = out.statistics()
+        items = list(islice(iterator, max(chunk, stats.maxsize - stats.buffered)))
+        if not items or not await _send(out, items, counters):
             return
 
 

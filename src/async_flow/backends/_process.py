@@ -58,12 +58,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import signal
 import socket
 import subprocess
 import sys
 from collections import deque
 from typing import Any, Protocol
+
+import cloudpickle
 
 from .._calls import BatchResult, item_timeout
 from .._errors import SerializationError, WorkerCrashed
@@ -82,6 +85,7 @@ from ._process_wire import (
     RESULT,
     RemoteError,
 )
+from ._process_worker import after_fork
 
 __all__ = ("ProcessBackend",)
 
@@ -172,6 +176,7 @@ class _Worker:
         #: The worker was asked to close: it will close its socket and exit.
         self.closing = False
         self._buffer = bytearray()
+        self._chunk = memoryview(bytearray(_READ_CHUNK))
         self._eof = False
         self._pidfd: int | None = None
         sock.setblocking(False)
@@ -191,18 +196,21 @@ class _Worker:
 
     def _on_readable(self) -> None:
         sock = self.sock
+        chunk = self._chunk
         while not self._eof:
             try:
-                chunk = sock.recv(_READ_CHUNK)
+                # Into a buffer kept for the worker's life: ``recv(n)`` would allocate (and,
+                # at this size, map and unmap) n bytes per call.
+                got = sock.recv_into(chunk)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                chunk = b""
-            if not chunk:
+                got = 0
+            if not got:
                 self._on_eof()
                 break
-            self._buffer += chunk
-            if len(chunk) < _READ_CHUNK:
+            self._buffer += chunk[:got]
+            if got < _READ_CHUNK:
                 break
         self._deliver()
 
@@ -210,19 +218,20 @@ class _Worker:
         buf = self._buffer
         pos = 0
         header = HEADER.size
-        while len(buf) - pos >= header:
-            size, op = HEADER.unpack_from(buf, pos)
-            end = pos + header + size
-            if len(buf) < end:
-                break
-            payload = bytes(buf[pos + header : end])
-            pos = end
-            if self.waiters:
-                fut = self.waiters.popleft()
-                if not fut.done():  # else its caller was cancelled: drop the reply
-                    fut.set_result((op, payload))
-                if not self.waiters:
-                    self._idle.set()
+        with memoryview(buf) as view:
+            while len(buf) - pos >= header:
+                size, op = HEADER.unpack_from(buf, pos)
+                end = pos + header + size
+                if len(buf) < end:
+                    break
+                payload = bytes(view[pos + header : end])
+                pos = end
+                if self.waiters:
+                    fut = self.waiters.popleft()
+                    if not fut.done():  # else its caller was cancelled: drop the reply
+                        fut.set_result((op, payload))
+                    if not self.waiters:
+                        self._idle.set()
         if pos:
             del buf[:pos]
 
@@ -331,14 +340,18 @@ class ProcessBackend(Backend):
 
     name = "process"
     batches_in_flight = 2
-    # About 40 ms of work per batch. A batch costs the parent a few hundred microseconds (pickling,
+    # About 80 ms of work per batch. A batch costs the parent a few hundred microseconds (pickling,
     # a socket round trip, event-loop turns) on cores the workers need: measured side by side,
-    # 10 ms batches ran 2 ms items about 10% slower than 40 ms ones. The tail of a run is still
-    # shared evenly, a batch or two per worker.
-    target_batch_seconds = 0.04
+    # 10 ms batches ran 2 ms items about 10% slower than 40 ms ones, and 80 ms ones cut the
+    # parent's CPU time by another quarter (2 ms items) to an eighth (20 us items). The tail of
+    # a run is still shared evenly: once the channel holds less than a batch per batch in
+    # flight, each batch takes only its share of what is left (see ReceiveChannel.receive_batch).
+    target_batch_seconds = 0.08
     max_batch = 4096
-    # Room for two batches in flight per worker and as many waiting, of up to 1024 items each.
-    channel_room_per_worker = 2048
+    # Room for two full batches per batch in flight (two per worker): batches are cut from what
+    # the channel holds, a share per batch in flight, so a narrower channel would cut batches of
+    # tiny items (20 us each) well short of their target (measured: 1024 items, not 2000).
+    channel_room_per_worker = 4 * max_batch
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
         super().__init__(layer)
@@ -353,10 +366,6 @@ class ProcessBackend(Backend):
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        import pickle
-
-        import cloudpickle
-
         layer = self.layer
         method = layer.options.get("start_method", "auto")
         if method not in ("auto", "spawn"):
@@ -401,8 +410,6 @@ class ProcessBackend(Backend):
 
     def _fork(self, ours: socket.socket, theirs: socket.socket) -> _Process:
         """Fork this (single-threaded) process: a worker is up in milliseconds."""
-        from ._process_worker import after_fork
-
         parent = os.getpid()
         close = [ours.fileno()]
         for worker in self._all:
@@ -544,8 +551,6 @@ class ProcessBackend(Backend):
         return BatchResult(outputs, len(items), None)
 
     async def _timed_once(self, state: _Slot, items: list[Any], per_item: float) -> BatchResult:
-        import cloudpickle
-
         try:
             payload = cloudpickle.dumps(items)
         except Exception:  # noqa: BLE001 - find the item at fault
@@ -586,8 +591,6 @@ class ProcessBackend(Backend):
         return worker
 
     async def _run_once(self, state: _Slot, items: list[Any], *, solo: bool) -> BatchResult:
-        import cloudpickle
-
         try:
             payload = cloudpickle.dumps(items)
         except Exception:  # noqa: BLE001 - find the item at fault
@@ -626,8 +629,6 @@ class ProcessBackend(Backend):
         self, state: _Slot, items: list[Any], *, solo: bool
     ) -> BatchResult:
         """Run the items before the first one that cannot be pickled, then fail that one."""
-        import cloudpickle
-
         from .._runtime import short_repr
 
         for bad, item in enumerate(items):  # noqa: B007 - bad names the failing item
@@ -688,8 +689,5 @@ class ProcessBackend(Backend):
         return exc
 
 
-def pickle_loads(data: bytes) -> Any:
-    """``pickle.loads`` (cloudpickle's output is plain pickle data)."""
-    import pickle
-
-    return pickle.loads(data)
+#: ``pickle.loads`` (cloudpickle's output is plain pickle data).
+pickle_loads = pickle.loads
