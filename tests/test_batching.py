@@ -3,6 +3,7 @@ cheap items held back by a slow layer below, keep the declared bound."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -77,11 +78,45 @@ def test_cheap_layers_ahead_of_a_cheap_collector_widen_their_channels() -> None:
     assert all(s.maxsize > DEFAULT_MAXSIZE for s in report.layers[:2]), report.layers
 
 
-def test_a_callers_output_channel_bounds_the_channels_above_it() -> None:
-    # The caller may read slowly: the layers' channels grow no wider than its channel.
-    with af.open_stream(range(30_000), af.Layer(_inc), af.Layer(_double)) as out:
-        assert sum(out) == sum(2 * (x + 1) for x in range(30_000))
-    assert [s.maxsize for s in out.report.layers] == [DEFAULT_MAXSIZE, DEFAULT_MAXSIZE]
+def _until_full(channel: Any, enough: int) -> None:
+    """Explicit sequencing: wait until ``channel`` is full (or holds the ``enough`` items left)."""
+    for _ in range(20_000):
+        if len(channel) >= min(channel.maxsize, enough):
+            return
+        time.sleep(0.001)
+    raise AssertionError("the caller's channel never filled up")
+
+
+def test_a_caller_that_falls_behind_bounds_the_channels_above_it() -> None:
+    # A caller that takes items only once its channel is full never waits for them: the layers'
+    # channels grow no wider than its channel, however cheap their items.
+    n = 20_000
+    with af.open_stream(range(n), af.Layer(_inc), af.Layer(_double)) as out:
+        channel = out._receive
+        assert channel is not None
+        _until_full(channel, n)
+        total = 0
+        for i, x in enumerate(out):
+            total += x
+            if i % DEFAULT_MAXSIZE == 0:  # what the stream took last time is through
+                assert [s.maxsize for s in out.report.layers] == [DEFAULT_MAXSIZE] * 2
+                _until_full(channel, n - i - 1 - len(out._buffer))
+    assert total == sum(2 * (x + 1) for x in range(n))
+
+
+def test_a_caller_that_keeps_up_lets_the_channels_above_it_widen() -> None:
+    # A caller that reads as fast as items come keeps finding its channel empty: it takes in
+    # whatever comes, like a cheap layer, so the cheap layers above it may use large batches.
+    async def main() -> tuple[int, list[int]]:
+        total = 0
+        async with af.open_stream(range(50_000), af.Layer(_inc), af.Layer(_double)) as out:
+            async for x in out:
+                total += x
+        return total, [s.maxsize for s in out.report.layers]
+
+    total, widths = asyncio.run(main())
+    assert total == sum(2 * (x + 1) for x in range(50_000))
+    assert all(DEFAULT_MAXSIZE < w <= 4096 for w in widths), widths
 
 
 def test_a_channel_narrows_again_when_its_items_turn_slow() -> None:

@@ -53,6 +53,7 @@ class _State:
         "maxsize",
         "open_senders",
         "receive_wait_seconds",
+        "receive_waited_at",
         "receive_waiters",
         "send_wait_seconds",
         "send_waiters",
@@ -69,6 +70,8 @@ class _State:
         # producers, "waiting for input" for the consumers.
         self.send_wait_seconds = 0.0
         self.receive_wait_seconds = 0.0
+        #: When a receiver last had to wait for items (perf_counter), -inf before any did.
+        self.receive_waited_at = float("-inf")
 
 
 def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
@@ -176,6 +179,12 @@ class SendChannel(Generic[T]):
                     _wake_one(state.receive_waiters)
             state.send_wait_seconds += await _wait(state.send_waiters)
 
+    def receivers_keep_up(self, within: float) -> bool:
+        """True if a receiver waits for items now, or had to within the last ``within`` seconds:
+        whoever reads this channel takes items faster than they come."""
+        state = self._state
+        return bool(state.receive_waiters) or perf_counter() - state.receive_waited_at < within
+
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel's fill and waiters."""
         return _statistics(self._state)
@@ -212,6 +221,7 @@ class ReceiveChannel(Generic[T]):
             if state.closed_receive:
                 raise ClosedChannelError("receive on a closed receive channel")
             state.receive_wait_seconds += await _wait(state.receive_waiters)
+            state.receive_waited_at = perf_counter()
         if spread > 1:
             max_items = min(max_items, -(-len(buffer) // spread))
         if max_items >= len(buffer):

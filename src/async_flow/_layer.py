@@ -111,9 +111,10 @@ class Layer(Generic[In, Out]):
             runs (up to 4096 items per thread, 16,384 per process, 2048 per actor), because its
             batches are cut from what the channel holds and a batch of tiny items must be large
             to be worth a thread hop, a pipe write or a remote call. It never grows wider than what
-            the layers below can take in (nor than the ``maxsize`` of an ``open_stream``), so
-            a cheap layer held back by a slow one keeps this bound, and it falls back to it
-            when the items turn slow.
+            the layers below can take in (nor than the ``maxsize`` of an ``open_stream`` whose
+            reader has not waited for items within the last second), so a cheap layer held
+            back by a slow one keeps this bound, and it falls back to it when the items turn
+            slow.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
         name: shown in progress, reports and error notes; defaults to ``fn``'s name.

@@ -39,6 +39,10 @@ __all__ = ("LayerRun", "short_repr")
 
 _TaskSet = set[asyncio.Task[Any]]
 
+#: Seconds since the caller last waited for items on ``open_stream``'s channel for it to count as
+#: keeping up (see ``LayerRun._limit``).
+CALLER_WINDOW = 1.0
+
 _repr = reprlib.Repr()
 _repr.maxstring = 80
 _repr.maxother = 80
@@ -458,8 +462,14 @@ class LayerRun:
         """How wide the layers below let this layer's input channel grow (inf: no limit)."""
         if self.downstream is not None:
             return self.downstream._intake()
-        if self.outbox is not None:  # the caller's channel: its consumer's pace is unknown
-            return self.outbox.maxsize
+        outbox = self.outbox
+        if outbox is not None:
+            # The caller's channel (``open_stream``): its reader's pace is only known from how it
+            # reads. One that keeps finding the channel empty takes in whatever comes; one that
+            # does not (it reads slowly, or not at all) holds the layers to the channel's bound.
+            if outbox.receivers_keep_up(CALLER_WINDOW):
+                return math.inf
+            return outbox.maxsize
         return math.inf
 
     def _fit_inbox(self) -> None:
