@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import signal
 import socket
 import threading
 import time
@@ -73,8 +74,13 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test: no thread of the library alive, no child process left."""
+    """After each test: no thread of the library alive, no child process left, and the SIGINT
+    handler as it was (a run restores what it replaced; a stale one would swallow Ctrl-C in the
+    tests that follow). SIGTERM is left out: Ray sets its own handler when it starts."""
+    before = signal.getsignal(signal.SIGINT)
     yield
+    after = signal.getsignal(signal.SIGINT)
+    assert after == before, f"SIGINT handler changed: {before!r} -> {after!r}"
     if request.node.get_closest_marker("ray"):
         return  # Ray's own processes are session-wide
     assert not _library_threads(), f"threads left running: {_library_threads()}"

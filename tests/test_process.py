@@ -496,12 +496,12 @@ def test_cancelling_a_run_kills_busy_workers(tmp_path: Path) -> None:
 
 
 _SCRIPT = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, {src!r})
 import async_flow as af
 
 def spin(x):
-    print("spinning", flush=True)
+    os.write(1, b"spinning\\n")  # one write: the two workers' lines must not interleave
     while True:
         pass
 
@@ -527,12 +527,20 @@ def _start_script(start: str) -> tuple[subprocess.Popen[str], list[psutil.Proces
         text=True,
     )
     assert proc.stdout is not None
-    # Both workers are inside an endless item once each has printed its line.
-    for _ in range(2):
-        line = proc.stdout.readline()
-        assert line == "spinning\n", (line, proc.poll())
-    workers = psutil.Process(proc.pid).children()
-    assert len(workers) == 2
+    try:
+        # Both workers are inside an endless item once each has printed its line.
+        for _ in range(2):
+            line = proc.stdout.readline()
+            assert line == "spinning\n", (line, proc.poll())
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+    except BaseException:
+        # Not started as expected: take the script and its workers down, or they spin on.
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            p.kill()
+        proc.kill()
+        proc.wait()
+        raise
     return proc, workers
 
 
