@@ -145,10 +145,10 @@ class _Run:
                 await lr.backend.start()
                 started.append(lr)
             # After the backends: an autoscaled Ray layer's budget is the CPUs of the cluster
-            # its backend connected to.
+            # its backend connected to. Without autoscaled layers no controller is built (nor
+            # the cgroup read that sizes its budget).
             if any(lr.layer.autoscale is not None for lr in self.layer_runs):
-                scaler = Autoscaler(self.layer_runs, clock=self._clock)
-                self.autoscaler = scaler if scaler.active else None
+                self.autoscaler = Autoscaler(self.layer_runs, clock=self._clock)
             async with TaskGroup() as tg:
                 self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
