@@ -7,6 +7,7 @@ executed: the checks sit in functions that are never called, and pytest does not
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from typing import Any, TypeVar, assert_type
@@ -172,6 +173,11 @@ def check_streams(lines: list[str], keys: AsyncIterator[int]) -> None:
     with af.open_stream(lines, af.Layer(parse)) as numbers:
         for n in numbers:
             assert_type(n, int)
+    # A loop factory (uvloop.new_event_loop, say) leaves the item type alone.
+    loops = asyncio.new_event_loop
+    assert_type(af.open_stream(lines, af.Layer(parse), loop_factory=loops), af.Stream[int])
+    assert_type(af.run(lines, af.Layer(parse), loop_factory=loops), af.Report)
+    af.run(lines, loop_factory=asyncio.get_event_loop_policy)  # type: ignore[arg-type]
 
 
 async def check_async_stream(lines: list[str]) -> None:
