@@ -39,7 +39,7 @@ def watch_signals(on_signal: Callable[[int], None]) -> Iterator[bool]:
     try:
         for sig in SIGNALS:
             before = signal.getsignal(sig)
-            if sig in getattr(loop, "_signal_handlers", {}):
+            if _handled_on(loop, sig, before):
                 continue  # the program handles it on this loop already: leave it alone
             try:
                 loop.add_signal_handler(sig, on_signal, int(sig))
@@ -52,3 +52,13 @@ def watch_signals(on_signal: Callable[[int], None]) -> Iterator[bool]:
             loop.remove_signal_handler(sig)
             if before is not None:
                 signal.signal(sig, before)
+
+
+def _handled_on(loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Any) -> bool:
+    """Whether ``loop.add_signal_handler(sig, ...)`` is in force (``handler`` is sig's handler)."""
+    handlers = getattr(loop, "_signal_handlers", None)
+    if handlers is not None:  # asyncio's own loops
+        return sig in handlers
+    # uvloop keeps its handlers out of reach; the Python-level handler it installs for them is a
+    # method of the loop.
+    return getattr(handler, "__self__", None) is loop
