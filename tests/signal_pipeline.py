@@ -1,6 +1,8 @@
 """A pipeline run as a command-line program, for the signal tests (not a test module).
 
-Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND
+Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP]
+
+LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on.
 
 Reads an endless source through a slow layer into a collector that appends each item to OUTPUT,
 prints "ready" once the first item is collected, and on interruption prints the report as JSON
@@ -31,6 +33,17 @@ async def awork(delay: float, x: int) -> int:
 
 def main() -> None:
     path, delay, drain_timeout, backend = sys.argv[1:5]
+    loop = sys.argv[5] if len(sys.argv) > 5 else "asyncio"
+    built: list[str] = []  # the class of the loop the run was given, if one was built here
+    loop_factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        def loop_factory() -> asyncio.AbstractEventLoop:
+            made = uvloop.new_event_loop()
+            built.append(type(made).__module__)
+            return made
+
     seconds = float(delay)
     with open(path, "w") as out:
         announced = False
@@ -54,9 +67,11 @@ def main() -> None:
                 layer,
                 af.Layer(collect, maxsize=32),
                 drain_timeout=float(drain_timeout),
+                loop_factory=loop_factory,
             )
         except af.Interrupted as stop:
-            print(json.dumps({"drained": stop.drained, "report": stop.report.to_dict()}))
+            result = {"drained": stop.drained, "report": stop.report.to_dict(), "loops": built}
+            print(json.dumps(result))
             sys.exit(stop.exit_code)
 
 

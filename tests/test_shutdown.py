@@ -137,13 +137,15 @@ def test_bad_drain_timeout() -> None:
 # --- a real program, real signals -------------------------------------------------------------
 
 
-def _start(tmp_path: Path, delay: float, drain_timeout: float, backend: str) -> Any:
+def _start(
+    tmp_path: Path, delay: float, drain_timeout: float, backend: str, loop: str = "asyncio"
+) -> Any:
     out = tmp_path / "collected.txt"
     env = dict(os.environ)
     src = str(Path(af.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, str(SCRIPT.parents[1])])
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), str(delay), str(drain_timeout), backend],
+        [sys.executable, str(SCRIPT), str(out), str(delay), str(drain_timeout), backend, loop],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
