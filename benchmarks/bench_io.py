@@ -1,12 +1,14 @@
 """IO-bound: 2,000 items each awaiting 10 ms, 100 workers. The ideal is 2000 * 0.01 / 100 = 0.2 s.
 
-Run: ``python benchmarks/bench_io.py``. Ratios are to the ideal time.
+Run: ``python benchmarks/bench_io.py``. Ratios are to the ideal time. The "on uvloop" rows need
+the ``uvloop`` extra and are left out (with a note) without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 import async_flow as af
 from _harness import Result, measure, table
@@ -20,12 +22,26 @@ async def io(x: int) -> int:
     return x
 
 
-def flow() -> None:
-    report = af.run(range(N), af.Layer(io, WORKERS), af.Layer(lambda x: x))
+try:
+    import uvloop
+except ModuleNotFoundError:  # pragma: no cover - the bench extra installs it
+    uvloop = None
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+
+
+def flow(loop_factory: LoopFactory = None) -> None:
+    report = af.run(
+        range(N), af.Layer(io, WORKERS), af.Layer(lambda x: x), loop_factory=loop_factory
+    )
     assert report.layers[0].emitted == N
 
 
-def bare_floor() -> None:
+def flow_on_uvloop() -> None:
+    flow(uvloop.new_event_loop)
+
+
+def bare_floor(loop_factory: LoopFactory = None) -> None:
     """What asyncio's timers allow: 100 tasks, each awaiting its 20 sleeps one after the other.
 
     One ``asyncio.sleep(0.01)`` takes a little longer than 10 ms (the loop wakes after the
@@ -40,7 +56,13 @@ def bare_floor() -> None:
     async def main() -> None:
         await asyncio.gather(*(chain() for _ in range(WORKERS)))
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+def bare_floor_on_uvloop() -> None:
+    """The same chains on uvloop, whose timers wake closer to their deadline."""
+    bare_floor(uvloop.new_event_loop)
 
 
 def semaphore_gather() -> None:
@@ -85,15 +107,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     results = [Result("ideal", IDEAL, N)]
-    for name, fn in {
+    contenders: dict[str, Callable[[], None]] = {
         "bare asyncio: 100 tasks x 20 sleeps": bare_floor,
         "async_flow": flow,
-        "gather + semaphore": semaphore_gather,
-        "aiostream": aiostream_run,
-        "pypeln.task": pypeln_task,
-    }.items():
+    }
+    if uvloop is not None:
+        contenders["bare asyncio chain on uvloop"] = bare_floor_on_uvloop
+        contenders["async_flow on uvloop"] = flow_on_uvloop
+    contenders["gather + semaphore"] = semaphore_gather
+    contenders["aiostream"] = aiostream_run
+    contenders["pypeln.task"] = pypeln_task
+    for name, fn in contenders.items():
         results.append(measure(name, fn, N, args.repeat))
     print(table(f"{N:,} items x {DELAY * 1000:.0f} ms IO, {WORKERS} workers", results, "ideal"))
+    if uvloop is None:
+        print("uvloop is not installed: the 'on uvloop' rows are left out (pip install uvloop)")
 
 
 if __name__ == "__main__":
