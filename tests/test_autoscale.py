@@ -27,7 +27,7 @@ from async_flow._autoscale import (
     use_clock,
 )
 from async_flow._pipeline import Stream
-from tests.conftest import run_async
+from tests.conftest import _children, run_async
 
 # --- module-level functions and classes, so that every backend (processes too) can run them ---
 
@@ -188,15 +188,12 @@ def test_scales_up_under_a_full_channel_and_never_past_max(kind: str) -> None:
                 await look(clock, 1 + UP_AFTER - 1)  # a first look, then short but not yet long
                 assert changes(stream, "held") == []
                 await look(clock)
-                assert changes(stream, "held") == [2]
-                assert stream.report.layer("held").workers == 2
-                await until(saturated(2), "two busy workers, full channel")
-                await look(clock, 1 + UP_AFTER)  # one look sat out after the change
-                # Doubling would give 4: max holds it at 3.
-                assert changes(stream, "held") == [2, 3]
+                # Growing fourfold would give 4: max holds it at 3.
+                assert changes(stream, "held") == [3]
+                assert stream.report.layer("held").workers == 3
                 await until(saturated(3), "three busy workers, full channel")
-                await look(clock, 3 * UP_AFTER)
-                assert changes(stream, "held") == [2, 3]
+                await look(clock, 1 + 3 * UP_AFTER)  # one look sat out after the change
+                assert changes(stream, "held") == [3]
                 assert max(n for _, n in stream.report.workers_over_time("held")) == 3
                 reasons = [e.reason for e in stream.report.scaling if e.change]
                 assert all("input 100% full, workers 100% busy" in r for r in reasons), reasons
@@ -209,8 +206,7 @@ def test_scales_up_under_a_full_channel_and_never_past_max(kind: str) -> None:
         assert sorted(outputs) == list(range(40))
         assert stream.report.workers_over_time("held") == [
             (pytest.approx(0.0), 1),
-            (pytest.approx(3 * INTERVAL), 2),
-            (pytest.approx((3 + 1 + UP_AFTER) * INTERVAL), 3),
+            (pytest.approx(3 * INTERVAL), 3),
         ]
 
     run_async(main())
@@ -441,6 +437,37 @@ def test_a_growth_that_does_not_raise_throughput_is_undone(
     run_async(main())
 
 
+_two_slots = threading.BoundedSemaphore(2)
+
+
+def two_at_a_time(x: int) -> int:
+    """A service that serves two calls at a time: past two threads, more cannot help."""
+    with _two_slots:
+        time.sleep(0.02)
+    return x
+
+
+@pytest.mark.slow
+def test_a_growth_that_raised_throughput_by_less_than_its_size_is_trimmed() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        layer = af.Layer(two_at_a_time, af.Auto(max=4), backend="thread", maxsize=8, name="w")
+        async with pressed(layer, clock) as stream:
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            assert changes(stream, "w") == [4]
+            # Four threads do the work of two: throughput doubled, which pays for at most three
+            # (each kept worker must add half the throughput one worker had), not for four.
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            history = changes(stream, "w")
+            assert len(history) == 2, stream.report.scaling
+            assert history[1] in (2, 3), stream.report.scaling
+            assert "did not raise throughput in proportion" in stream.report.scaling[-1].reason
+            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            assert changes(stream, "w") == history  # no new growth for a while
+
+    run_async(main())
+
+
 def steady_below(x: int) -> int:
     """A layer below serving ~120 items/s: faster than one ``sleepy`` worker, slower than two."""
     time.sleep(0.008)
@@ -486,11 +513,11 @@ def test_a_growth_that_paid_grows_again_at_its_verdict_while_still_short() -> No
         layer = af.Layer(sleepy, af.Auto(max=8), maxsize=8, name="w")
         async with pressed(layer, clock) as stream:
             await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-            assert changes(stream, "w") == [2]
+            assert changes(stream, "w") == [4]
             # The verdict comes after a look sat out and UP_AFTER measured looks; the layer was
-            # short all along, so it doubles again at the verdict, not UP_AFTER looks later.
+            # short all along, so it grows again at the verdict, not UP_AFTER looks later.
             await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-            assert changes(stream, "w") == [2, 4], stream.report.scaling
+            assert changes(stream, "w") == [4, 8], stream.report.scaling
 
     run_async(main())
 
@@ -657,5 +684,65 @@ def test_process_layers_never_grow_past_the_cores(tmp_path: Path) -> None:
         finally:
             gate.touch()
         assert sorted(outputs) == list(range(30))
+
+    run_async(main())
+
+
+def pid_once_file_exists(path: str) -> Callable[[int], int]:
+    """A per-item function that holds its worker until ``path`` exists, then gives its pid."""
+
+    def held(x: int) -> int:
+        while not os.path.exists(path):
+            time.sleep(0.005)
+        return os.getpid()
+
+    return held
+
+
+def test_an_autoscaled_process_layer_grows_onto_a_worker_started_ahead(tmp_path: Path) -> None:
+    gate = tmp_path / "open"
+
+    async def main() -> None:
+        layer = af.Layer(
+            pid_once_file_exists(str(gate)),
+            af.Auto(min=1, max=2),
+            backend="process",
+            maxsize=4,
+            name="cpu",
+        )
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(range(20), layer)
+        try:
+            async with stream:
+
+                def saturated(workers: int) -> Callable[[], bool]:
+                    def check() -> bool:
+                        s = stats(stream, "cpu")
+                        return s is not None and s.busy_workers == s.workers == workers
+
+                    return check
+
+                def processes() -> set[int]:
+                    return {p.pid for p in _children()}
+
+                await until(saturated(1), "one busy worker")
+                # The worker, and a spare started ahead while the layer has room to grow.
+                await until(lambda: len(processes()) == 2, "a spare process", attempts=20_000)
+                started = processes()
+                await until(
+                    lambda: (s := stats(stream, "cpu")) is not None and s.queued == 4, "full"
+                )
+                await look(clock, 1 + UP_AFTER)
+                assert changes(stream, "cpu") == [2]
+                await until(saturated(2), "two busy workers")
+                # The growth took the spare; at max, no new spare is started.
+                assert processes() == started
+                gate.touch()
+                pids = [x async for x in stream]
+        finally:
+            gate.touch()
+        assert len(pids) == 20
+        assert set(pids) == started
 
     run_async(main())

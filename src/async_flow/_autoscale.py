@@ -8,10 +8,12 @@ one controller task per run then looks at every autoscaled layer a few times a s
 - **retires** workers while the layer starves: the work it gets would fit in fewer workers.
 
 Both need the condition to hold for several consecutive looks (hysteresis), and a layer that just
-changed sits out one look, so a measurement never straddles a change. A growth of a layer outside
-the CPU budget is checked: if throughput did not rise by at least half the ideal gain (a thread
-layer bound by the GIL, a remote service at its limit), the added workers are retired and the
-layer does not grow again for a while.
+changed sits out one look, so a measurement never straddles a change. Layers outside the CPU
+budget (their workers mostly wait, so an extra one costs little) grow fourfold at a time, and each
+growth is checked: the layer keeps as many of the added workers as the measured gain in
+throughput justifies, each kept worker having to add at least half its share (a thread layer bound
+by the GIL, a remote service at its limit gain little), and it does not grow again for a while if
+it gave any back.
 
 CPU-bound layers draw on a CPU budget, less what the fixed-size layers of the same kind hold:
 process layers on the CPUs this process may use (cgroup limits included), Ray layers on the CPUs
@@ -76,6 +78,9 @@ FLAP_BACKOFF = 2
 #: Share of a look's worker time spent waiting on a full output at which a layer counts as held
 #: up by the layer below (more workers would not help it).
 BLOCKED = 0.2
+#: Factor by which a short layer outside the CPU budget grows: its workers mostly wait, so a
+#: large step finds the count it needs in a few looks, and the verdict on the growth trims it.
+GROWTH = 4
 #: Items a throughput measurement needs before it is trusted (fewer: no verdict).
 MIN_ITEMS = 20
 #: Looks a growth without a gain in throughput keeps the layer from growing again.
@@ -569,9 +574,9 @@ class Autoscaler:
 
     def _grow(self, m: _Managed, look: _Look) -> None:
         workers = m.workers
-        # Doubling finds a large count quickly where workers mostly wait (async, threads);
+        # A large factor finds the count quickly where workers mostly wait (async, threads);
         # CPU-bound workers grow by half at most, within the budget.
-        step = workers if m.weight == 0 else max(1, workers // 2)
+        step = workers * (GROWTH - 1) if m.weight == 0 else max(1, workers // 2)
         step = min(step, self._high(m) - workers)
         backend = m.run.layer.backend
         if m.weight > 0:
@@ -611,9 +616,13 @@ class Autoscaler:
             self._record(m, -retired, f"{look.describe()} for {m.down_after} looks")
 
     def _judge(self, m: _Managed, look: _Look) -> bool:
-        """After a growth: keep it if throughput rose by half the ideal gain, else undo it.
+        """After a growth: keep the workers the measured gain in throughput pays for.
 
-        True once the growth is judged to have paid while the layer stayed pressed.
+        A kept worker must add at least half the throughput each worker had before the growth.
+        Throughput is taken to rise in proportion to the workers up to what was measured, then
+        to stay flat, so the count kept is the largest within that rule (all of them when the
+        gain was in proportion, none when there was no gain). True once the whole growth is
+        judged to have paid while the layer stayed pressed.
         """
         assert m.judging is not None
         m.window[0] += look.items
@@ -633,22 +642,24 @@ class Autoscaler:
             return False
         after = items / seconds
         workers = m.workers
-        wanted = before * (1 + 0.5 * (workers / workers_before - 1))
-        if after >= wanted:
+        # after >= before * (1 + (keep / workers_before - 1) / 2), solved for keep.
+        gain = after / before if before > 0 else math.inf
+        keep = max(workers_before, min(workers, math.floor(workers_before * (2 * gain - 1) + 1e-9)))
+        if keep >= workers:
             # The judged looks measured this worker count's throughput: the next growth is
             # judged against it.
             m.streak = [items, seconds]
             return True
-        m.cap = workers_before
+        m.cap = keep
         m.capped_until = self._looks + CAP_LOOKS
-        retired = m.run.retire_workers(workers - workers_before)
+        retired = m.run.retire_workers(workers - keep)
         if retired:
             self._changed(m, -retired)
             self._record(
                 m,
                 -retired,
-                f"{workers} workers did not raise throughput ({before:.0f}/s with"
-                f" {workers_before}, {after:.0f}/s with {workers}): back to {workers_before},"
+                f"{workers} workers did not raise throughput in proportion ({before:.0f}/s with"
+                f" {workers_before}, {after:.0f}/s with {workers}): back to {keep},"
                 f" no growth for {CAP_LOOKS} looks",
             )
         return False
