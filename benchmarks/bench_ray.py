@@ -9,7 +9,7 @@ each holding the same worker object, with the same resource request:
 * the async_flow process backend, when present, for the single-machine comparison.
 
 Times include creating the actors and tearing them down (every contender pays for that), not
-starting Ray. Each row also gives the time to the first result; for the Ray backend, the speed
+starting Ray; each contender starts once the previous one's actors are gone (all CPUs free). Each row also gives the time to the first result; for the Ray backend, the speed
 ratio to the process backend is also given from the first result on (once both have their
 workers up), which separates Ray's actor start-up from the per-item cost. Run::
 
@@ -176,7 +176,17 @@ class Timing(NamedTuple):
         return self.total - self.first
 
 
+def settle(timeout: float = 30.0) -> None:
+    """Wait until the cluster has every CPU free again: actors are killed asynchronously (Ray
+    Data's last of all), and a contender must not wait for its predecessor's to go."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def measure(fn: Callable[[int, float, int, float], Counter], *args: Any) -> Timing:
+    settle()
     start = time.perf_counter()
     counter = fn(*args)
     elapsed = time.perf_counter() - start
