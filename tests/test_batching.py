@@ -9,9 +9,13 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 import async_flow as af
+from async_flow import _pipeline as af_pipeline
 from async_flow._calls import StopFlag, _Stopped, run_batch_sync
 from async_flow._layer import DEFAULT_MAXSIZE, Kind
+from async_flow._pipeline import STREAM_ROOM
 
 
 def _inc(x: int) -> int:
@@ -117,6 +121,65 @@ def test_a_caller_that_keeps_up_lets_the_channels_above_it_widen() -> None:
     total, widths = asyncio.run(main())
     assert total == sum(2 * (x + 1) for x in range(50_000))
     assert all(DEFAULT_MAXSIZE < w <= 4096 for w in widths), widths
+
+
+def test_a_stream_without_maxsize_widens_while_its_reader_keeps_up() -> None:
+    # A reader that keeps finding the stream empty takes the items in ever larger batches (each
+    # a hop between threads in the sync form).
+    # Two layers ahead of a reader that sums in C: the reader is the faster side.
+    n = 50_000
+    with af.open_stream(range(n), af.Layer(_inc), af.Layer(_double)) as out:
+        channel = out._receive
+        assert channel is not None
+        total = sum(out)
+    assert total == sum(2 * (x + 1) for x in range(n))
+    assert 4 * DEFAULT_MAXSIZE <= channel.maxsize <= STREAM_ROOM, channel.maxsize
+
+
+def test_a_stream_with_a_maxsize_keeps_it() -> None:
+    n = 20_000
+    with af.open_stream(range(n), af.Layer(_inc), maxsize=300) as out:
+        channel = out._receive
+        assert channel is not None
+        seen = {channel.maxsize for _ in out}
+    assert seen == {300}
+
+
+def test_a_stream_reader_that_falls_behind_puts_the_bound_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+
+        async def source() -> Any:
+            while (x := await queue.get()) is not None:
+                yield x
+
+        async with af.open_stream(source()) as out:
+            channel = out._receive
+            assert channel is not None
+            items = aiter(out)
+            for i in range(8):  # each read finds the stream empty: the reader keeps up
+                queue.put_nowait(i)
+                assert await anext(items) == i
+            widened = channel.maxsize
+            assert widened > DEFAULT_MAXSIZE
+            for i in range(8, 2008):
+                queue.put_nowait(i)
+            queue.put_nowait(None)
+            for _ in range(20_000):  # explicit sequencing: until the run has filled the stream
+                if len(channel) == 2000:
+                    break
+                await asyncio.sleep(0.001)
+            assert len(channel) == 2000
+            # The reader has not waited since: it counts as fallen behind at once.
+            monkeypatch.setattr(af_pipeline, "CALLER_WINDOW", 0.0)
+            assert await anext(items) == 8
+            assert channel.maxsize == DEFAULT_MAXSIZE
+            rest = [x async for x in items]
+        assert rest == list(range(9, 2008))
+
+    asyncio.run(main())
 
 
 def test_a_channel_narrows_again_when_its_items_turn_slow() -> None:

@@ -182,8 +182,7 @@ class SendChannel(Generic[T]):
     def receivers_keep_up(self, within: float) -> bool:
         """True if a receiver waits for items now, or had to within the last ``within`` seconds:
         whoever reads this channel takes items faster than they come."""
-        state = self._state
-        return bool(state.receive_waiters) or perf_counter() - state.receive_waited_at < within
+        return _keep_up(self._state, within)
 
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel's fill and waiters."""
@@ -240,6 +239,10 @@ class ReceiveChannel(Generic[T]):
             _wake_one(state.send_waiters)
         return items
 
+    def receivers_keep_up(self, within: float) -> bool:
+        """As :meth:`SendChannel.receivers_keep_up`."""
+        return _keep_up(self._state, within)
+
     def widen(self, maxsize: int) -> None:
         """Raise the bound to ``maxsize`` (never lowers it); suspended senders put what now fits."""
         state = self._state
@@ -287,6 +290,10 @@ class ReceiveChannel(Generic[T]):
     def blocked_seconds(self) -> float:
         """Total seconds senders spent suspended on a full channel."""
         return self._state.send_wait_seconds
+
+
+def _keep_up(state: _State, within: float) -> bool:
+    return bool(state.receive_waiters) or perf_counter() - state.receive_waited_at < within
 
 
 def _statistics(state: _State) -> ChannelStatistics:

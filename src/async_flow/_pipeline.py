@@ -18,7 +18,7 @@ from ._errors import Interrupted
 from ._layer import DEFAULT_MAXSIZE, Layer
 from ._progress import ProgressOption, resolve_progress
 from ._report import Report
-from ._runtime import LayerRun
+from ._runtime import CALLER_WINDOW, LayerRun
 from ._sampler import Sampler
 from ._signals import watch_signals
 from ._source import Merge, SourceCounters, _check_source, feed, source_length
@@ -34,6 +34,8 @@ _L = Layer[Any, Any]
 
 #: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: The widest an ``open_stream`` channel without a ``maxsize`` grows while its reader keeps up.
+STREAM_ROOM = 16384
 
 #: What builds the event loop of a run made from synchronous code (``uvloop.new_event_loop``).
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -415,14 +417,20 @@ class Stream(Generic[T]):
         self,
         source: Source,
         layers: tuple[Layer[Any, Any], ...],
-        maxsize: int,
+        maxsize: int | None,
         progress: ProgressOption = None,
         total: int | None = None,
         loop_factory: LoopFactory | None = None,
     ) -> None:
         _check_loop_factory(loop_factory)
         self._run = _Run(source, layers, progress, total)
-        self._maxsize = maxsize
+        if maxsize is not None and (isinstance(maxsize, bool) or not isinstance(maxsize, int)):
+            raise TypeError(f"open_stream: maxsize must be an int or None, got {maxsize!r}")
+        if maxsize is not None and maxsize < 1:
+            raise ValueError(f"open_stream: maxsize must be >= 1, got {maxsize}")
+        self._maxsize = DEFAULT_MAXSIZE if maxsize is None else maxsize
+        #: Without a maxsize, the channel widens while its reader keeps up.
+        self._widens = maxsize is None
         self._loop_factory = loop_factory
         self._buffer: deque[Any] = deque()
         self._receive: ReceiveChannel[Any] | None = None
@@ -476,12 +484,28 @@ class Stream(Generic[T]):
         if self._receive is None:
             raise RuntimeError("use the stream inside 'async with af.open_stream(...)'")
         try:
-            self._buffer.extend(await self._receive.receive_batch(self._maxsize))
+            self._buffer.extend(await self._take(self._receive))
         except EndOfChannel:
             assert self._task is not None
             self._report = await self._task
             raise StopAsyncIteration from None
         return self._buffer.popleft()  # type: ignore[no-any-return]
+
+    async def _take(self, receive: ReceiveChannel[Any]) -> list[Any]:
+        """Everything the channel holds, waiting for an item if it is empty.
+
+        Without a declared ``maxsize``, a reader that finds the channel empty keeps up with the
+        run: the channel doubles, up to :data:`STREAM_ROOM` items, so that tiny items come
+        across in large batches (each costs the sync form a hop between threads). A reader that
+        has not had to wait for :data:`CALLER_WINDOW` seconds has fallen behind: the channel is
+        back to its default bound, as are the layers' channels feeding it.
+        """
+        if self._widens:
+            if not len(receive):
+                receive.widen(min(STREAM_ROOM, 2 * receive.maxsize))
+            elif not receive.receivers_keep_up(CALLER_WINDOW):
+                receive.narrow(self._maxsize)
+        return await receive.receive_batch(receive.maxsize)
 
     async def __aexit__(
         self,
@@ -554,9 +578,7 @@ class Stream(Generic[T]):
             return self._buffer.popleft()  # type: ignore[no-any-return]
         if self._loop is None or self._receive is None:
             raise RuntimeError("use the stream inside 'with af.open_stream(...)'")
-        future = asyncio.run_coroutine_threadsafe(
-            self._receive.receive_batch(self._maxsize), self._loop
-        )
+        future = asyncio.run_coroutine_threadsafe(self._take(self._receive), self._loop)
         try:
             self._buffer.extend(future.result())
         except EndOfChannel:
@@ -600,7 +622,7 @@ class Stream(Generic[T]):
 def open_stream(
     source: Iterable[T] | AsyncIterable[T] | Merge[T],
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -613,7 +635,7 @@ def open_stream(
     l1: Layer[Any, T],
     /,
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -627,7 +649,7 @@ def open_stream(
     l2: Layer[Any, T],
     /,
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -642,7 +664,7 @@ def open_stream(
     l3: Layer[Any, T],
     /,
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -658,7 +680,7 @@ def open_stream(
     l4: Layer[Any, T],
     /,
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -675,7 +697,7 @@ def open_stream(
     l5: Layer[Any, T],
     /,
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -693,7 +715,7 @@ def open_stream(
     l6: Layer[Any, T],
     /,
     *,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -704,7 +726,7 @@ def open_stream(
 def open_stream(
     source: Source,
     *layers: _L,
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -714,7 +736,7 @@ def open_stream(
 def open_stream(
     source: Source,
     *layers: Layer[Any, Any],
-    maxsize: int = DEFAULT_MAXSIZE,
+    maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
@@ -722,10 +744,16 @@ def open_stream(
     """Run a pipeline and consume the last layer's outputs as they come.
 
     ``maxsize`` bounds the output channel: a consumer that stops reading suspends the last layer,
-    which back-pressures the whole pipeline. ``progress`` and ``total`` are as for
-    :func:`pipeline`. ``loop_factory`` is as for :func:`run` (``uvloop.new_event_loop``, say) and
-    only for the ``with`` form, whose run has a loop of its own; ``async with`` runs the stream on
-    the loop it is in, and refuses a ``loop_factory``.
+    which back-pressures the whole pipeline. Without it, the bound is 256 items, and the channel
+    widens (up to 16,384 items) while the reader keeps up, meaning it keeps finding the channel
+    empty: tiny items then come across in large batches. A reader that has not had to wait for
+    a second has fallen behind, and its next read puts the bound back to 256. Give ``maxsize``
+    to keep a bound fixed.
+
+    ``progress`` and ``total`` are as for :func:`pipeline`. ``loop_factory`` is as for
+    :func:`run` (``uvloop.new_event_loop``, say) and only for the ``with`` form, whose run has a
+    loop of its own; ``async with`` runs the stream on the loop it is in, and refuses a
+    ``loop_factory``.
 
     For type checkers the stream yields the last layer's ``Out`` (the source's items when there
     are no layers), for up to six layers given one by one; beyond that the items are ``Any``.
