@@ -5,7 +5,8 @@ each holding the same worker object, with the same resource request:
 
 * async_flow: ``af.Layer(Spin, workers, backend="ray")`` (adaptive batches, 2 in flight per actor);
 * ``ray.util.ActorPool.map_unordered``: one actor call per item;
-* Ray Data ``map_batches`` with an actor pool of the same size (``concurrency=workers``);
+* Ray Data ``map_batches`` with an actor pool of the same size
+  (``compute=ActorPoolStrategy(size=workers)``);
 * the async_flow process backend, when present, for the single-machine comparison.
 
 Times include creating the actors and tearing them down (every contender pays for that), not
@@ -129,7 +130,7 @@ def run_ray_data(n: int, seconds: float, workers: int, num_cpus: float) -> Count
     ds = ray.data.range(n).map_batches(
         SpinBatch,
         fn_constructor_args=(seconds,),
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=num_cpus,
         batch_size=max(1, min(1024, int(0.01 / seconds))),
     )
