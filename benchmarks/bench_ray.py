@@ -10,9 +10,10 @@ each holding the same worker object, with the same resource request:
 * the async_flow process backend, when present, for the single-machine comparison.
 
 Times include creating the actors and tearing them down (every contender pays for that), not
-starting Ray; each contender starts once the previous one's actors are gone (all CPUs free). Each row also gives the time to the first result; for the Ray backend, the speed
-ratio to the process backend is also given from the first result on (once both have their
-workers up), which separates Ray's actor start-up from the per-item cost. Run::
+starting Ray; each contender starts once the previous one's actors are gone (all CPUs free).
+Each row also gives the time to the first result; for the Ray backend, the speed ratio to the
+process backend is also given from the first result on (once both have their workers up), which
+separates Ray's actor start-up from the per-item cost. Run::
 
     PYTHONPATH=src python benchmarks/bench_ray.py            # both workloads
     PYTHONPATH=src python benchmarks/bench_ray.py --quick    # fewer items
