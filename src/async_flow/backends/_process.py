@@ -361,7 +361,7 @@ class ProcessBackend(Backend):
         self._stopping = False
         self._may_fork = False
         #: Workers launched by start(), waiting for open_worker() to take them.
-        self._starting: list[tuple[_Worker, asyncio.Future[Reply] | None]] = []
+        self._starting: list[tuple[_Worker, asyncio.Future[Reply]]] = []
         #: An autoscaled layer's process started ahead, not yet given the layer.
         self._spare: _Worker | None = None
         self._all: list[_Worker] = []
@@ -389,9 +389,9 @@ class ProcessBackend(Backend):
         # the rest of the pipeline starts.
         for _ in range(layer.workers):
             self._starting.append(await self._launch())
-        await self._keep_spare()
+        self._keep_spare()
 
-    async def _keep_spare(self) -> None:
+    def _keep_spare(self) -> None:
         """Keep one process started ahead, idle, for an autoscaled layer with room to grow.
 
         A growth then skips the interpreter's start-up (about a quarter of a second when the
@@ -403,11 +403,15 @@ class ProcessBackend(Backend):
             return
         most = auto.max if auto.max is not None else available_cpus()
         if len(self._slots) + len(self._starting) < most:
-            self._spare, _ = await self._launch(init=False)
+            self._spare = self._start_process()
 
-    async def _launch(self, *, init: bool = True) -> tuple[_Worker, asyncio.Future[Reply] | None]:
-        """Start a worker process and (with ``init``) send it the layer; the future resolves
-        once it is built."""
+    async def _launch(self) -> tuple[_Worker, asyncio.Future[Reply]]:
+        """Start a worker process and send it the layer; the future resolves once it is built."""
+        worker = self._start_process()
+        return worker, await self._init(worker)
+
+    def _start_process(self) -> _Worker:
+        """Start a worker process (forked or exec'd), not yet given the layer."""
         ours, theirs = socket.socketpair()
         try:
             if self._may_fork and _single_threaded():
@@ -421,7 +425,7 @@ class ProcessBackend(Backend):
             theirs.close()
         worker = _Worker(proc, ours)
         self._all.append(worker)
-        return worker, (await self._init(worker) if init else None)
+        return worker
 
     async def _init(self, worker: _Worker) -> asyncio.Future[Reply]:
         """Send a started worker the layer to build."""
@@ -457,13 +461,12 @@ class ProcessBackend(Backend):
             process_group=0,
         )
 
-    async def _ready(self, worker: _Worker, built: asyncio.Future[Reply] | None) -> _Worker:
+    async def _ready(self, worker: _Worker, built: asyncio.Future[Reply]) -> _Worker:
         """Wait until a launched worker has built the layer's callable.
 
         Raises :class:`WorkerLost` if the process dies while starting (a replacement that dies
         counts as one more attempt for the item it was started for).
         """
-        assert built is not None
         try:
             op, payload = await built
         except WorkerLost:
@@ -492,7 +495,7 @@ class ProcessBackend(Backend):
                 self._spare = None
             else:
                 launched = await self._launch()
-            await self._keep_spare()
+            self._keep_spare()
             state.worker = await self._ready(*launched)
         except WorkerLost as lost:
             raise WorkerCrashed(
@@ -540,7 +543,7 @@ class ProcessBackend(Backend):
         self._all.clear()
         self._spare = None
         for _, built in self._starting:
-            if built is not None and built.done() and not built.cancelled():
+            if built.done() and not built.cancelled():
                 built.exception()  # retrieved: the worker is gone anyway
         self._starting.clear()
 
