@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import psutil
@@ -89,8 +89,12 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     gc.collect()
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a fresh loop and check it left no task behind."""
+def run_async(
+    coro: Coroutine[Any, Any, T],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    """Run ``coro`` on a fresh loop (built by ``loop_factory``, if given) and check it left no
+    task behind."""
 
     async def checked() -> T:
         try:
@@ -99,7 +103,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             assert not others, f"tasks left running: {others}"
 
-    return asyncio.run(checked())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(checked())
 
 
 def _free_port() -> int:

@@ -19,7 +19,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,17 +301,23 @@ def test_an_item_that_keeps_crashing_its_worker_fails_by_name(
     assert info.value.exitcode == exitcode
 
 
-def test_a_worker_that_dies_once_is_replaced_and_its_items_retried(
-    tmp_path: Path, start: str
-) -> None:
-    marker = tmp_path / "crashed"
+def dies_once_at(item: int, marker: Path) -> Callable[[int], int]:
+    """A per-item function whose process kills itself at ``item``, the first time only
+    (``marker`` records that it did, across processes)."""
 
     def once(x: int) -> int:
-        if x == 30 and not marker.exists():
+        if x == item and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return x
 
+    return once
+
+
+def test_a_worker_that_dies_once_is_replaced_and_its_items_retried(
+    tmp_path: Path, start: str
+) -> None:
+    once = dies_once_at(30, tmp_path / "crashed")
     got, report = collect(range(100), proc_layer(once, name="once", start=start))
     assert sorted(got) == list(range(100))
     stats = report.layer("once")

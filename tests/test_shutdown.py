@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,11 @@ def test_the_drain_timeout_aborts_a_drain_that_hangs() -> None:
     assert info.value.report.status == "interrupted"
 
 
-def test_without_signal_handling_ctrl_c_is_a_plain_keyboard_interrupt() -> None:
-    collected: list[int] = []
+def ctrl_c_without_signal_handling(
+    collect: Callable[[Any], Any], loop_factory: Callable[[], Any] | None = None
+) -> KeyboardInterrupt:
+    """Run an endless pipeline with ``handle_signals=False`` that sends itself a SIGINT; return
+    what it raised."""
     # What Ctrl-C does here is up to the process's own handler: make it Python's default, as in
     # a plain script (a test session may have another one in place, which asyncio then keeps).
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -90,12 +94,19 @@ def test_without_signal_handling_ctrl_c_is_a_plain_keyboard_interrupt() -> None:
             af.run(
                 itertools.count(),
                 af.Layer(signal_at(20), maxsize=4),
-                af.Layer(collected.append, maxsize=4),
+                af.Layer(collect, maxsize=4),
                 handle_signals=False,
+                loop_factory=loop_factory,
             )
     finally:
         signal.signal(signal.SIGINT, before)
-    assert not isinstance(info.value, af.Interrupted)
+    return info.value
+
+
+def test_without_signal_handling_ctrl_c_is_a_plain_keyboard_interrupt() -> None:
+    collected: list[int] = []
+    error = ctrl_c_without_signal_handling(collected.append)
+    assert not isinstance(error, af.Interrupted)
     assert collected  # it ran until the signal
 
 
@@ -113,20 +124,23 @@ def test_off_the_main_thread_signals_are_not_touched() -> None:
     assert seen == [before] * 2
 
 
-def test_a_signal_the_program_handles_on_its_loop_is_left_to_it() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        got: list[int] = []
-        loop.add_signal_handler(signal.SIGTERM, got.append, 1)
-        try:
-            report = await af.pipeline(range(20), af.Layer(signal_at(5, signal.SIGTERM)))
-            assert report.status == "completed"
-            assert report.layers[0].emitted == 20
-            assert got == [1]
-        finally:
-            assert loop.remove_signal_handler(signal.SIGTERM)
+async def program_handling_sigterm_on_its_loop() -> None:
+    """A program with its own SIGTERM handler on the loop runs a pipeline that sends a SIGTERM:
+    the program's handler gets it, the run completes, and the handler is still in place."""
+    loop = asyncio.get_running_loop()
+    got: list[int] = []
+    loop.add_signal_handler(signal.SIGTERM, got.append, 1)
+    try:
+        report = await af.pipeline(range(20), af.Layer(signal_at(5, signal.SIGTERM)))
+        assert report.status == "completed"
+        assert report.layers[0].emitted == 20
+        assert got == [1]
+    finally:
+        assert loop.remove_signal_handler(signal.SIGTERM)
 
-    run_async(main())
+
+def test_a_signal_the_program_handles_on_its_loop_is_left_to_it() -> None:
+    run_async(program_handling_sigterm_on_its_loop())
 
 
 def test_bad_drain_timeout() -> None:

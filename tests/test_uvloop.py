@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
 import time
 from collections.abc import Coroutine
@@ -18,9 +17,17 @@ from typing import Any, TypeVar
 import pytest
 
 import async_flow as af
-from tests.conftest import LOCAL_BACKENDS
+from tests.conftest import LOCAL_BACKENDS, run_async
 from tests.test_core import adouble, double, fail_on_7
-from tests.test_shutdown import _finish, _gone, _start, signal_at
+from tests.test_process import dies_once_at
+from tests.test_shutdown import (
+    _finish,
+    _gone,
+    _start,
+    ctrl_c_without_signal_handling,
+    program_handling_sigterm_on_its_loop,
+    signal_at,
+)
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -40,18 +47,13 @@ class LoopSeen:
 
 
 def on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a fresh uvloop and check it left no task behind (``run_async``'s twin)."""
+    """Run ``coro`` on a fresh uvloop and check it left no task behind."""
 
     async def checked() -> T:
         assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
-        try:
-            return await coro
-        finally:
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            assert not others, f"tasks left running: {others}"
+        return await coro
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(checked())
+    return run_async(checked(), loop_factory=uvloop.new_event_loop)
 
 
 # --- af.run ----------------------------------------------------------------------------------
@@ -112,14 +114,7 @@ def test_a_layer_error_is_reraised_as_itself_with_its_note(backend: str) -> None
 
 
 def test_a_worker_process_that_dies_is_replaced_and_its_items_retried(tmp_path: Path) -> None:
-    marker = tmp_path / "crashed"
-
-    def once(x: int) -> int:
-        if x == 30 and not marker.exists():
-            marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return x
-
+    once = dies_once_at(30, tmp_path / "crashed")
     seen = LoopSeen()
     report = af.run(
         range(100),
@@ -178,36 +173,13 @@ def test_sigterm_drains_too_and_maps_to_143() -> None:
 
 def test_without_signal_handling_ctrl_c_is_a_plain_keyboard_interrupt() -> None:
     seen = LoopSeen()
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt) as info:
-            af.run(
-                itertools.count(),
-                af.Layer(signal_at(20), maxsize=4),
-                af.Layer(seen, maxsize=4),
-                handle_signals=False,
-                loop_factory=uvloop.new_event_loop,
-            )
-    finally:
-        signal.signal(signal.SIGINT, before)
-    assert not isinstance(info.value, af.Interrupted)
+    error = ctrl_c_without_signal_handling(seen, loop_factory=uvloop.new_event_loop)
+    assert not isinstance(error, af.Interrupted)
     assert seen.loops == {uvloop.Loop}
 
 
 def test_a_signal_the_program_handles_on_its_uvloop_is_left_to_it() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        got: list[int] = []
-        loop.add_signal_handler(signal.SIGTERM, got.append, 1)
-        try:
-            report = await af.pipeline(range(20), af.Layer(signal_at(5, signal.SIGTERM)))
-            assert report.status == "completed"
-            assert report.layers[0].emitted == 20
-            assert got == [1]
-        finally:
-            assert loop.remove_signal_handler(signal.SIGTERM)
-
-    on_uvloop(main())
+    on_uvloop(program_handling_sigterm_on_its_loop())
 
 
 @pytest.mark.slow
