@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -297,6 +297,40 @@ def test_leaving_a_stream_early_cancels_the_run(backend: str) -> None:
         return results.report
 
     assert run_async(main()).status == "cancelled"
+
+
+def test_a_stream_read_in_parts_loses_and_repeats_nothing() -> None:
+    # for loops that stop early, next() calls and a last for loop share what the stream holds.
+    n = 5000
+    with af.open_stream(range(n), af.Layer(double, ordered=True)) as results:
+        got = list(itertools.islice(results, 10))
+        got.append(next(results))
+        for x in results:
+            got.append(x)
+            if len(got) == 3000:
+                break
+        got += list(results)
+    assert got == [2 * x for x in range(n)]
+
+    async def main() -> list[int]:
+        async with af.open_stream(range(n), af.Layer(adouble, ordered=True)) as results:
+            got = [x async for x in aislice(results, 10)]
+            got.append(await anext(results))
+            got += [x async for x in results]
+        return got
+
+    assert run_async(main()) == [2 * x for x in range(n)]
+
+
+async def aislice(stream: AsyncIterable[int], count: int) -> AsyncIterator[int]:
+    """The first ``count`` items of ``stream``, taking no more than that from it."""
+    if count <= 0:
+        return
+    async for x in stream:
+        yield x
+        count -= 1
+        if count == 0:
+            return
 
 
 def test_no_layers_passes_the_source_through() -> None:
