@@ -642,9 +642,12 @@ class Autoscaler:
             return False
         after = items / seconds
         workers = m.workers
-        # after >= before * (1 + (keep / workers_before - 1) / 2), solved for keep.
-        gain = after / before if before > 0 else math.inf
-        keep = max(workers_before, min(workers, math.floor(workers_before * (2 * gain - 1) + 1e-9)))
+        # after >= before * (1 + (keep / workers_before - 1) / 2), solved for keep. With no
+        # measured rate before the growth, any throughput pays for it.
+        keep = workers
+        if before > 0:
+            limit = math.floor(workers_before * (2 * after / before - 1) + 1e-9)
+            keep = max(workers_before, min(workers, limit))
         if keep >= workers:
             # The judged looks measured this worker count's throughput: the next growth is
             # judged against it.

@@ -108,7 +108,7 @@ class Layer(Generic[In, Out]):
             that is the back-pressure that keeps memory flat. Default :data:`DEFAULT_MAXSIZE`
             (or twice the workers if more). Without an explicit ``maxsize``, a ``"thread"``,
             ``"process"`` or ``"ray"`` layer whose items turn out tiny gets a wider channel as it
-            runs (up to 4096 items per thread, 16,384 per process, 2048 per actor), because its
+            runs (up to 4096 items per thread, 16,384 per process or actor), because its
             batches are cut from what the channel holds and a batch of tiny items must be large
             to be worth a thread hop, a pipe write or a remote call. It never grows wider than what
             the layers below can take in (nor than the ``maxsize`` of an ``open_stream`` whose

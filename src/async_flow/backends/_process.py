@@ -488,12 +488,14 @@ class ProcessBackend(Backend):
         state = _Slot(slot)
         self._slots[slot] = state
         try:
+            spare = self._spare
             if self._starting:
                 launched = self._starting.pop(0)
-            elif self._spare is not None and not self._spare.dead:
-                launched = (self._spare, await self._init(self._spare))
+            elif spare is not None and not spare.dead:
                 self._spare = None
+                launched = (spare, await self._init(spare))
             else:
+                self._spare = None  # none, or one that died while it waited
                 launched = await self._launch()
             self._keep_spare()
             state.worker = await self._ready(*launched)
