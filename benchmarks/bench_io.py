@@ -1,7 +1,9 @@
 """IO-bound: 2,000 items each awaiting 10 ms, 100 workers. The ideal is 2000 * 0.01 / 100 = 0.2 s.
 
 Run: ``python benchmarks/bench_io.py``. Ratios are to the ideal time. The "on uvloop" rows need
-the ``uvloop`` extra and are left out (with a note) without it.
+the ``uvloop`` extra and are left out (with a note) without it. Each contender runs in a child
+process of its own, so that one that hangs (pypeln.task does, now and then) is reported as timed
+out instead of stalling the table.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 
 import async_flow as af
-from _harness import Result, measure, table
+from _harness import Result, child_main, measure_isolated, table
 
 N, WORKERS, DELAY = 2_000, 100, 0.010
 IDEAL = N * DELAY / WORKERS
@@ -102,23 +104,32 @@ def pypeln_task() -> None:
     list(pl.task.map(io, source(), workers=WORKERS, maxsize=WORKERS))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    results = [Result("ideal", IDEAL, N)]
-    contenders: dict[str, Callable[[], None]] = {
+def contenders() -> dict[str, Callable[[], None]]:
+    found: dict[str, Callable[[], None]] = {
         "bare asyncio: 100 tasks x 20 sleeps": bare_floor,
         "async_flow": flow,
     }
     if uvloop is not None:
-        contenders["bare asyncio chain on uvloop"] = bare_floor_on_uvloop
-        contenders["async_flow on uvloop"] = flow_on_uvloop
-    contenders["gather + semaphore"] = semaphore_gather
-    contenders["aiostream"] = aiostream_run
-    contenders["pypeln.task"] = pypeln_task
-    for name, fn in contenders.items():
-        results.append(measure(name, fn, N, args.repeat))
+        found["bare asyncio chain on uvloop"] = bare_floor_on_uvloop
+        found["async_flow on uvloop"] = flow_on_uvloop
+    found["gather + semaphore"] = semaphore_gather
+    found["aiostream"] = aiostream_run
+    found["pypeln.task"] = pypeln_task
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per contender")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child, contenders()[args.child], N, args.repeat)
+        return
+    results = [Result("ideal", IDEAL, N)]
+    for name in contenders():
+        results.append(measure_isolated(__file__, name, N, args.repeat, args.timeout))
     print(table(f"{N:,} items x {DELAY * 1000:.0f} ms IO, {WORKERS} workers", results, "ideal"))
     if uvloop is None:
         print("uvloop is not installed: the 'on uvloop' rows are left out (pip install uvloop)")
