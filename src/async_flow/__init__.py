@@ -37,7 +37,7 @@ from ._progress import (
     ProgressView,
 )
 from ._report import Failure, Report
-from ._source import merge
+from ._source import Merge, merge
 from ._stats import LayerStats, SourceStats
 from ._timeline import Timeline
 
@@ -61,6 +61,7 @@ __all__ = (
     "LayerStats",
     "LiveProgress",
     "LogProgress",
+    "Merge",
     "Policy",
     "ProgressSnapshot",
     "ProgressView",

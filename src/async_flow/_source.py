@@ -34,7 +34,11 @@ T = TypeVar("T")
 
 
 class Merge(Generic[T]):
-    """Several sources read concurrently into one pipeline (see :func:`merge`)."""
+    """Several sources read concurrently into one pipeline: what :func:`merge` returns.
+
+    Public so that a function building a source can say so (``def rows() -> af.Merge[Row]``);
+    build one with :func:`merge`, which checks its sources.
+    """
 
     __slots__ = ("sources",)
 

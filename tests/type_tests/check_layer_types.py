@@ -164,6 +164,9 @@ def check_streams(lines: list[str], keys: AsyncIterator[int]) -> None:
     assert_type(af.open_stream(lines), af.Stream[str])
     assert_type(af.open_stream(keys, maxsize=8), af.Stream[int])
     assert_type(af.open_stream(af.merge(range(3), [4, 5])), af.Stream[int])
+    # merge()'s result can be named, to annotate a function that builds a source.
+    merged: af.Merge[str] = af.merge(lines, ["x"])
+    assert_type(af.open_stream(merged, af.Layer(parse)), af.Stream[int])
     assert_type(af.open_stream(lines, af.Layer(parse)), af.Stream[int])
     assert_type(af.open_stream(lines, af.Layer(words), af.Layer(len)), af.Stream[int])
     assert_type(af.open_stream(lines, af.Layer(parse), af.batch(10), af.Layer(sum)), af.Stream[int])
