@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -59,7 +60,8 @@ def table(title: str, results: list[Result], baseline: str) -> str:
 
 def measure_isolated(script: str, name: str, items: int, repeat: int, timeout: float) -> Result:
     """:func:`measure` in a child process running ``script --child NAME``, so that a contender
-    that hangs is reported as timed out instead of stalling the whole table."""
+    that hangs is reported as timed out instead of stalling the whole table. A slow one that
+    finished some of its runs within ``timeout`` is reported with those."""
     try:
         done = subprocess.run(
             [sys.executable, script, "--child", name, "--repeat", str(repeat)],
@@ -68,16 +70,41 @@ def measure_isolated(script: str, name: str, items: int, repeat: int, timeout: f
             timeout=timeout,
             check=False,
         )
-    except subprocess.TimeoutExpired:
-        return Result(name, float("nan"), items, f"no result within {timeout:.0f}s")
-    try:
-        data = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
+    except subprocess.TimeoutExpired as expired:
+        out = expired.stdout or ""
+        data = _last_report(out.decode() if isinstance(out, bytes) else out)
+        if data is None:
+            note = f"no result within {timeout:.0f}s (under {items / timeout:,.0f} items/s)"
+            return Result(name, float("nan"), items, note)
+        note = f"{data['runs']} of {repeat} runs within {timeout:.0f}s, {data['note']}"
+        return Result(name, data["seconds"], items, note)
+    data = _last_report(done.stdout)
+    if data is None:
         return Result(name, float("nan"), items, f"failed: {done.stderr.strip()[-70:]}")
     return Result(name, data["seconds"], items, data["note"])
 
 
+def _last_report(stdout: str) -> dict[str, Any] | None:
+    """The last complete JSON line a child printed (None if there is none)."""
+    for line in reversed(stdout.splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "seconds" in data:
+            return data
+    return None
+
+
 def child_main(name: str, fn: Callable[[], object], items: int, repeat: int) -> None:
-    """The ``--child`` side of :func:`measure_isolated`: measure and print one JSON line."""
-    result = measure(name, fn, items, repeat)
-    print(json.dumps({"seconds": result.seconds, "note": result.note}))
+    """The ``--child`` side of :func:`measure_isolated`: one JSON line after each run (best and
+    median so far), so that the parent keeps what a slow contender finished before its timeout."""
+    times: list[float] = []
+    for _ in range(repeat):
+        result = measure(name, fn, items, 1)
+        if result.seconds != result.seconds:  # nan: the run failed
+            print(json.dumps({"seconds": result.seconds, "note": result.note, "runs": 0}))
+            return
+        times.append(result.seconds)
+        note = f"median {statistics.median(times):.3f}s"
+        print(json.dumps({"seconds": min(times), "note": note, "runs": len(times)}), flush=True)

@@ -2,14 +2,16 @@
 
 Run: ``python benchmarks/bench_io.py``. Ratios are to the ideal time. The "on uvloop" rows need
 the ``uvloop`` extra and are left out (with a note) without it. Each contender runs in a child
-process of its own, so that one that hangs (pypeln.task does, now and then) is reported as timed
-out instead of stalling the table.
+process of its own, so that one that hangs is reported as timed out instead of stalling the
+table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
+import time
 from collections.abc import Callable
 
 import async_flow as af
@@ -43,6 +45,80 @@ def flow_on_uvloop() -> None:
     flow(uvloop.new_event_loop)
 
 
+def chains(tasks: int, sleeps: int, loop_factory: LoopFactory = None) -> float:
+    """Seconds for ``tasks`` tasks each awaiting ``sleeps`` sleeps of DELAY one after the other."""
+
+    async def chain() -> None:
+        for _ in range(sleeps):
+            await asyncio.sleep(DELAY)
+
+    async def main() -> None:
+        await asyncio.gather(*(chain() for _ in range(tasks)))
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        start = time.perf_counter()
+        runner.run(main())
+        return time.perf_counter() - start
+
+
+def per_sleep_table(repeat: int) -> str:
+    """How long one sleep of a chain takes, by how many tasks sleep at once, on each loop.
+
+    The loop runs the tasks that one round wakes one after another, so the more tasks, the later
+    the last of them starts its next sleep: what a loop spends per task shows up here.
+    """
+    loops: dict[str, LoopFactory] = {"asyncio": None}
+    if uvloop is not None:
+        loops["uvloop"] = uvloop.new_event_loop
+    lines = [f"ms per {DELAY * 1000:.0f} ms sleep, median of {repeat}, 20 sleeps per task"]
+    lines.append("tasks  " + "  ".join(f"{name:>8}" for name in loops))
+    for tasks in (1, 10, 100, 300):
+        cells = []
+        for factory in loops.values():
+            runs = [chains(tasks, 20, factory) for _ in range(repeat)]
+            cells.append(f"{statistics.median(runs) / 20 * 1000:8.2f}")
+        lines.append(f"{tasks:5d}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def queue_pool() -> None:
+    """A hand-written pool: WORKERS tasks taking items from one bounded ``asyncio.Queue``."""
+
+    async def main() -> None:
+        queue: asyncio.Queue[int | None] = asyncio.Queue(256)
+
+        async def feed() -> None:
+            for i in range(N):
+                await queue.put(i)
+            for _ in range(WORKERS):
+                await queue.put(None)
+
+        async def worker() -> None:
+            while (x := await queue.get()) is not None:
+                await io(x)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(feed())
+            for _ in range(WORKERS):
+                tg.create_task(worker())
+
+    asyncio.run(main())
+
+
+def cpu_table(repeat: int) -> str:
+    """CPU time per item (``time.process_time``, every thread) on asyncio's own loop."""
+    rows = {"bare asyncio chain": bare_floor, "asyncio.Queue pool": queue_pool, "async_flow": flow}
+    lines = [f"CPU per item on asyncio's loop, median of {repeat}"]
+    for name, fn in rows.items():
+        runs = []
+        for _ in range(repeat):
+            start = time.process_time()
+            fn()
+            runs.append(time.process_time() - start)
+        lines.append(f"{name:20s} {statistics.median(runs) / N * 1e6:6.1f} us")
+    return "\n".join(lines)
+
+
 def bare_floor(loop_factory: LoopFactory = None) -> None:
     """What asyncio's timers allow: 100 tasks, each awaiting its 20 sleeps one after the other.
 
@@ -51,15 +127,7 @@ def bare_floor(loop_factory: LoopFactory = None) -> None:
     event loop itself gets, with no queue and no pipeline at all.
     """
 
-    async def chain() -> None:
-        for _ in range(N // WORKERS):
-            await asyncio.sleep(DELAY)
-
-    async def main() -> None:
-        await asyncio.gather(*(chain() for _ in range(WORKERS)))
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
+    chains(WORKERS, N // WORKERS, loop_factory)
 
 
 def bare_floor_on_uvloop() -> None:
@@ -97,11 +165,8 @@ def aiostream_run() -> None:
 def pypeln_task() -> None:
     import pypeln as pl
 
-    async def source():
-        for i in range(N):
-            yield i
-
-    list(pl.task.map(io, source(), workers=WORKERS, maxsize=WORKERS))
+    # pypeln 0.4.9 never finishes when its source is an async generator; a plain one works.
+    list(pl.task.map(io, range(N), workers=WORKERS, maxsize=WORKERS))
 
 
 def contenders() -> dict[str, Callable[[], None]]:
@@ -122,6 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per contender")
+    parser.add_argument(
+        "--per-sleep",
+        action="store_true",
+        help="also time one sleep by how many tasks sleep, and the CPU each item costs",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -133,6 +203,11 @@ def main() -> None:
     print(table(f"{N:,} items x {DELAY * 1000:.0f} ms IO, {WORKERS} workers", results, "ideal"))
     if uvloop is None:
         print("uvloop is not installed: the 'on uvloop' rows are left out (pip install uvloop)")
+    if args.per_sleep:
+        print()
+        print(per_sleep_table(args.repeat))
+        print()
+        print(cpu_table(args.repeat))
 
 
 if __name__ == "__main__":
