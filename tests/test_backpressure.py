@@ -108,3 +108,39 @@ def test_the_last_items_of_a_closed_channel_are_shared_between_receivers() -> No
     assert sizes[:4] == [25, 19, 14, 11]
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[-4:] == [1, 1, 1, 1]
+
+
+def test_the_waits_of_concurrent_senders_and_receivers_all_count() -> None:
+    """Two senders suspended on a full channel at once were each suspended for the whole pause
+    below, so the channel's blocked time is at least twice the pause; likewise two receivers on
+    an empty one. (A total read before the wait and written after it kept only one of them.)"""
+    from async_flow._channel import open_channel
+
+    pause = 0.05
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        send, receive = open_channel(1)
+        await send.send_batch([0])
+        senders = [loop.create_task(send.send_batch([i])) for i in (1, 2)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert send.statistics().waiting_senders == 2
+        await asyncio.sleep(pause)
+        assert await receive.receive_batch(1) == [0]
+        assert await receive.receive_batch(1) == [1]
+        await asyncio.gather(*senders)
+        assert await receive.receive_batch(1) == [2]
+
+        receivers = [loop.create_task(receive.receive_batch(1)) for _ in range(2)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert receive.statistics().waiting_receivers == 2
+        await asyncio.sleep(pause)
+        await send.send_batch([3, 4])
+        assert sorted(x for batch in await asyncio.gather(*receivers) for x in batch) == [3, 4]
+        return send.blocked_seconds, receive.wait_seconds
+
+    blocked, waited = asyncio.run(main())
+    assert blocked >= 2 * pause
+    assert waited >= 2 * pause

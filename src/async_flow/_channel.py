@@ -177,7 +177,10 @@ class SendChannel(Generic[T]):
                 items = items[room:]
                 if state.receive_waiters:
                     _wake_one(state.receive_waiters)
-            state.send_wait_seconds += await _wait(state.send_waiters)
+            # Not `state.send_wait_seconds += await ...`: that reads the total before the wait,
+            # and the waits of concurrent senders would overwrite each other.
+            waited = await _wait(state.send_waiters)
+            state.send_wait_seconds += waited
 
     def receivers_keep_up(self, within: float) -> bool:
         """True if a receiver waits for items now, or had to within the last ``within`` seconds:
@@ -187,6 +190,11 @@ class SendChannel(Generic[T]):
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel's fill and waiters."""
         return _statistics(self._state)
+
+    @property
+    def blocked_seconds(self) -> float:
+        """Total seconds senders (every clone) spent suspended on a full channel."""
+        return self._state.send_wait_seconds
 
 
 class ReceiveChannel(Generic[T]):
@@ -219,7 +227,8 @@ class ReceiveChannel(Generic[T]):
                 raise EndOfChannel
             if state.closed_receive:
                 raise ClosedChannelError("receive on a closed receive channel")
-            state.receive_wait_seconds += await _wait(state.receive_waiters)
+            waited = await _wait(state.receive_waiters)  # as in send_batch: then add
+            state.receive_wait_seconds += waited
             state.receive_waited_at = perf_counter()
         if spread > 1:
             max_items = min(max_items, -(-len(buffer) // spread))
