@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -173,3 +174,54 @@ def test_a_source_that_finished_early_is_not_blamed() -> None:
     bottleneck = diagnose(layers, _source(0.0, running=0.001))
     assert bottleneck is not None
     assert bottleneck.stage == "score"
+
+
+def test_a_last_layer_blocked_on_its_output_names_the_stream_reader() -> None:
+    # Only the reader of an open_stream can block the last layer: a collector has no outbox.
+    layers = (_stats("parse", 0.05, 0.0, 0.9), _stats("score", 0.1, 0.0, 1.8, workers=2))
+    bottleneck = diagnose(layers, _source(0.9))
+    assert bottleneck is not None
+    assert (bottleneck.stage, bottleneck.index) == ("reader", 2)
+    assert bottleneck.busy_fraction == pytest.approx(0.9)
+    assert bottleneck.advice == (
+        "the code reading the stream was the limit: 'score' was blocked on its output 90% of the"
+        " run: do less per item in the loop that reads the stream, or move that work into a"
+        " layer of its own"
+    )
+
+
+def test_a_busier_layer_is_named_before_the_reader() -> None:
+    layers = (_stats("score", 0.95, 0.0, 0.6),)
+    bottleneck = diagnose(layers, _source(0.9))
+    assert bottleneck is not None
+    assert bottleneck.stage == "score"
+
+
+# --- a slow reader of a stream, for real ------------------------------------------------------
+
+
+def test_a_slow_for_loop_over_a_stream_is_named_as_the_bottleneck() -> None:
+    # The loop sleeps per item; the layer does nothing. So the layer's workers spend the run
+    # blocked on the stream's channel, every one of them (the counts of concurrent waits add up).
+    with af.open_stream(range(400), af.Layer(_pass, 2, name="pass"), maxsize=4) as stream:
+        for _ in stream:
+            time.sleep(SLOW)
+    report = stream.report
+    assert report.layers[0].blocked_fraction > 0.5
+    bottleneck = report.bottleneck
+    assert bottleneck is not None
+    assert (bottleneck.stage, bottleneck.index) == ("reader", 1)
+    assert "'pass' was blocked on its output" in bottleneck.advice
+    assert f"bottleneck: {bottleneck.advice}" in str(report)
+
+
+def test_a_slow_async_for_over_a_stream_without_layers_blocks_the_source() -> None:
+    async def main() -> af.Report:
+        async with af.open_stream(range(200), maxsize=4) as stream:
+            async for _ in stream:
+                await asyncio.sleep(SLOW)
+        return stream.report
+
+    report = asyncio.run(main())
+    assert report.source.blocked_fraction > 0.5
+    assert report.bottleneck is None  # no layer: nothing to judge

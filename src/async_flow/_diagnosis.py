@@ -4,7 +4,9 @@ Every layer's worker-time splits into busy (working on items), waiting for input
 channel) and blocked on output (a full output channel). In a pipeline whose throughput is limited
 by one stage, that stage is busy nearly all the time, the stages above it are blocked on their
 output and the stages below it wait for input. The source counts as a stage too: it is "busy"
-while it produces items and is neither blocked on the first channel nor finished.
+while it produces items and is neither blocked on the first channel nor finished. So does the
+code reading an :func:`~async_flow.open_stream`: the last layer is blocked on its output only when
+that reader takes items more slowly than they come (a collector layer has no output channel).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ EVIDENCE = 0.2
 class Bottleneck:
     """The stage that limited a run's throughput, with the evidence and what to change.
 
-    ``stage`` is a layer's name, or ``"source"``; ``index`` is the layer's position (``-1`` for
-    the source). Both are ``None`` when no stage was busy most of the run (the limit was then
-    per-item overhead, or the run was too short to tell). ``busy_fraction`` is the share of the
-    stage's capacity that was in use. ``advice`` is one sentence meant for a person, e.g.
-    ``"'score' was busy 97% of the run while 'read' was blocked on its output 88%: give 'score'
-    more workers"``.
+    ``stage`` is a layer's name, ``"source"``, or ``"reader"`` (the code reading the stream of an
+    :func:`~async_flow.open_stream`); ``index`` is the layer's position (``-1`` for the source,
+    the number of layers for the reader). Both are ``None`` when no stage was busy most of the
+    run (the limit was then per-item overhead, or the run was too short to tell).
+    ``busy_fraction`` is the share of the stage's capacity that was in use. ``advice`` is one
+    sentence meant for a person, e.g. ``"'score' was busy 97% of the run while 'read' was blocked
+    on its output 88%: give 'score' more workers"``.
 
     Example::
 
@@ -94,6 +97,8 @@ def diagnose(layers: tuple[LayerStats, ...], source: SourceStats) -> Bottleneck 
         return None
     stages: list[tuple[int, float]] = [(-1, source_busy_fraction(source))]
     stages.extend((i, s.busy_fraction) for i, s in enumerate(layers))
+    # The stream's reader: it held the last layer up for as long as that layer was blocked.
+    stages.append((len(layers), layers[-1].blocked_fraction))
     # The busiest stage is the limit; on a tie the one further down the pipeline, whose
     # slowness is what made the ones above it wait.
     index, busy = max(stages, key=lambda s: (s[1], s[0]))
@@ -117,6 +122,14 @@ def diagnose(layers: tuple[LayerStats, ...], source: SourceStats) -> Bottleneck 
             " af.merge())"
         )
         return Bottleneck("source", -1, busy, advice)
+    if index == len(layers):
+        last = layers[-1]
+        advice = (
+            f"the code reading the stream was the limit: {last.name!r} was blocked on its output"
+            f" {busy:.0%} of the run: do less per item in the loop that reads the stream, or move"
+            " that work into a layer of its own"
+        )
+        return Bottleneck("reader", index, busy, advice)
     stats = layers[index]
     above = layers[index - 1] if index > 0 else None
     advice = f"{stats.name!r} was busy {busy:.0%} of the run"

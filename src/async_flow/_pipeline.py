@@ -134,10 +134,7 @@ class _Run:
         outboxes.append(output.clone() if (output is not None and layers) else None)
         for i, layer in enumerate(layers):
             outbox = outboxes[i]
-            next_recv = channels[i + 1][1] if i + 1 < len(layers) else None
-            self.layer_runs.append(
-                LayerRun(i, layer, channels[i][1], outbox, _blocked_reader(next_recv))
-            )
+            self.layer_runs.append(LayerRun(i, layer, channels[i][1], outbox, _blocked_on(outbox)))
             self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
             upstream.downstream = downstream
@@ -237,9 +234,9 @@ class _Run:
         self._source_ended = perf_counter()
 
     def _first_send_blocked(self) -> float:
-        if self.layer_runs:
-            return self.layer_runs[0].inbox.blocked_seconds
-        return 0.0
+        # The first layer's input, or (a stream without layers) the stream's own channel.
+        send = self._first_send
+        return 0.0 if send is None else send.blocked_seconds
 
 
 async def _drain(channel: ReceiveChannel[Any]) -> None:
@@ -248,10 +245,12 @@ async def _drain(channel: ReceiveChannel[Any]) -> None:
             await channel.receive_batch(DEFAULT_MAXSIZE)
 
 
-def _blocked_reader(next_recv: ReceiveChannel[Any] | None) -> Any:
-    if next_recv is None:
+def _blocked_on(outbox: SendChannel[Any] | None) -> Callable[[], float]:
+    """How long a layer's workers have been suspended on a full output channel: the next
+    layer's input, or the channel of an ``open_stream`` whose reader takes items too slowly."""
+    if outbox is None:
         return lambda: 0.0
-    return lambda: next_recv.blocked_seconds
+    return lambda: outbox.blocked_seconds
 
 
 async def _run_handling_signals(
