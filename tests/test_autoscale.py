@@ -134,7 +134,7 @@ def test_default_max_depends_on_the_backend() -> None:
 
         def make(layer: af.Layer[Any, Any]) -> LayerRun:
             _, receive = open_channel(4)
-            return LayerRun(0, layer, receive, None, lambda: 0.0)
+            return LayerRun(0, layer, receive, None)
 
         runs = [make(af.Layer(double, af.Auto())), make(af.Layer(adouble, af.Auto()))]
         scaler = Autoscaler(runs, cpus=2)
@@ -633,7 +633,7 @@ def test_fixed_cpu_layers_hold_their_share_of_the_budget() -> None:
 
         def make(layer: af.Layer[Any, Any]) -> LayerRun:
             _, receive = open_channel(4)
-            return LayerRun(0, layer, receive, None, lambda: 0.0)
+            return LayerRun(0, layer, receive, None)
 
         runs = [
             make(af.Layer(double, 3, backend="process")),

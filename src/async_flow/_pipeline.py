@@ -133,8 +133,7 @@ class _Run:
         ]
         outboxes.append(output.clone() if (output is not None and layers) else None)
         for i, layer in enumerate(layers):
-            outbox = outboxes[i]
-            self.layer_runs.append(LayerRun(i, layer, channels[i][1], outbox, _blocked_on(outbox)))
+            self.layer_runs.append(LayerRun(i, layer, channels[i][1], outboxes[i]))
             self.layer_runs[-1].lineage = lineage
         for upstream, downstream in zip(self.layer_runs, self.layer_runs[1:], strict=False):
             upstream.downstream = downstream
@@ -243,14 +242,6 @@ async def _drain(channel: ReceiveChannel[Any]) -> None:
     with contextlib.suppress(EndOfChannel):
         while True:
             await channel.receive_batch(DEFAULT_MAXSIZE)
-
-
-def _blocked_on(outbox: SendChannel[Any] | None) -> Callable[[], float]:
-    """How long a layer's workers have been suspended on a full output channel: the next
-    layer's input, or the channel of an ``open_stream`` whose reader takes items too slowly."""
-    if outbox is None:
-        return lambda: 0.0
-    return lambda: outbox.blocked_seconds
 
 
 async def _run_handling_signals(

@@ -160,13 +160,12 @@ class LayerRun:
         layer: Layer[Any, Any],
         inbox: ReceiveChannel[Any],
         outbox: SendChannel[Any] | None,
-        blocked_seconds: Callable[[], float],
     ) -> None:
         self.index = index
         self.layer = layer
         self.inbox = inbox
+        #: The next layer's input, the channel of an ``open_stream``, or None for a collector.
         self.outbox = outbox
-        self._blocked_seconds = blocked_seconds
         self.counters = LayerCounters(layer.workers)
         self.backend: Backend = get_backend(layer.backend)(layer)
         self._sizer = _BatchSizer(self.backend.target_batch_seconds, self.backend.max_batch)
@@ -214,7 +213,7 @@ class LayerRun:
             restarts=self.backend.restarts,
             busy_seconds=c.busy_seconds,
             wait_seconds=self.inbox.wait_seconds,
-            blocked_seconds=self._blocked_seconds(),
+            blocked_seconds=0.0 if self.outbox is None else self.outbox.blocked_seconds,
             busy_workers=c.busy_workers,
             queued=len(self.inbox),
             maxsize=self.inbox.maxsize,
