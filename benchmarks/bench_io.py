@@ -18,6 +18,7 @@ import async_flow as af
 from _harness import Result, child_main, measure_isolated, table
 
 N, WORKERS, DELAY = 2_000, 100, 0.010
+SLEEPS = N // WORKERS  # each worker's share of the items, one after the other
 IDEAL = N * DELAY / WORKERS
 
 
@@ -61,6 +62,21 @@ def chains(tasks: int, sleeps: int, loop_factory: LoopFactory = None) -> float:
         return time.perf_counter() - start
 
 
+def bare_floor(loop_factory: LoopFactory = None) -> None:
+    """The floor the event loop sets: 100 tasks, each awaiting its 20 sleeps one after the other.
+
+    No queue and no pipeline: the loop still runs the tasks one round wakes one after another,
+    so each round ends a little after its 10 ms (see :func:`per_sleep_table`), and no scheduler
+    of these items gets closer to the ideal than this row.
+    """
+    chains(WORKERS, SLEEPS, loop_factory)
+
+
+def bare_floor_on_uvloop() -> None:
+    """The same chains on uvloop, whose timers wake closer to their deadline."""
+    bare_floor(uvloop.new_event_loop)
+
+
 def per_sleep_table(repeat: int) -> str:
     """How long one sleep of a chain takes, by how many tasks sleep at once, on each loop.
 
@@ -70,13 +86,13 @@ def per_sleep_table(repeat: int) -> str:
     loops: dict[str, LoopFactory] = {"asyncio": None}
     if uvloop is not None:
         loops["uvloop"] = uvloop.new_event_loop
-    lines = [f"ms per {DELAY * 1000:.0f} ms sleep, median of {repeat}, 20 sleeps per task"]
+    lines = [f"ms per {DELAY * 1000:.0f} ms sleep, median of {repeat}, {SLEEPS} sleeps per task"]
     lines.append("tasks  " + "  ".join(f"{name:>8}" for name in loops))
     for tasks in (1, 10, 100, 300):
         cells = []
         for factory in loops.values():
-            runs = [chains(tasks, 20, factory) for _ in range(repeat)]
-            cells.append(f"{statistics.median(runs) / 20 * 1000:8.2f}")
+            runs = [chains(tasks, SLEEPS, factory) for _ in range(repeat)]
+            cells.append(f"{statistics.median(runs) / SLEEPS * 1000:8.2f}")
         lines.append(f"{tasks:5d}  " + "  ".join(cells))
     return "\n".join(lines)
 
@@ -117,22 +133,6 @@ def cpu_table(repeat: int) -> str:
             runs.append(time.process_time() - start)
         lines.append(f"{name:20s} {statistics.median(runs) / N * 1e6:6.1f} us")
     return "\n".join(lines)
-
-
-def bare_floor(loop_factory: LoopFactory = None) -> None:
-    """What asyncio's timers allow: 100 tasks, each awaiting its 20 sleeps one after the other.
-
-    One ``asyncio.sleep(0.01)`` takes a little longer than 10 ms (the loop wakes after the
-    deadline), so no scheduler of these items reaches the ideal; this row shows how close the
-    event loop itself gets, with no queue and no pipeline at all.
-    """
-
-    chains(WORKERS, N // WORKERS, loop_factory)
-
-
-def bare_floor_on_uvloop() -> None:
-    """The same chains on uvloop, whose timers wake closer to their deadline."""
-    bare_floor(uvloop.new_event_loop)
 
 
 def semaphore_gather() -> None:
