@@ -24,6 +24,7 @@ from ._signals import watch_signals
 from ._source import Merge, SourceCounters, _check_source, feed, source_length
 from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
+from ._tracebacks import hide_library_frames, shown_error, user_facing
 
 __all__ = ("Stream", "open_stream", "pipeline", "run")
 
@@ -276,6 +277,7 @@ def _outcome(run: _Run) -> Report:
     return report
 
 
+@user_facing
 async def pipeline(
     source: Source,
     *layers: Layer[Any, Any],
@@ -330,6 +332,7 @@ async def pipeline(
     return _outcome(run)
 
 
+@user_facing
 def run(
     source: Source,
     *layers: Layer[Any, Any],
@@ -466,8 +469,13 @@ class Stream(Generic[T]):
                 item = await self.__anext__()
             except StopAsyncIteration:
                 return
+            except BaseException as error:
+                if shown_error(error):
+                    hide_library_frames(error)  # this generator's frame too
+                raise
             yield item
 
+    @user_facing
     async def __anext__(self) -> T:
         if self._buffer:
             return self._buffer.popleft()  # type: ignore[no-any-return]
@@ -497,6 +505,7 @@ class Stream(Generic[T]):
                 receive.narrow(self._maxsize)
         return await receive.receive_batch(receive.maxsize)
 
+    @user_facing
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -575,8 +584,13 @@ class Stream(Generic[T]):
                 item = self.__next__()
             except StopIteration:
                 return
+            except BaseException as error:
+                if shown_error(error):
+                    hide_library_frames(error)  # this generator's frame too
+                raise
             yield item
 
+    @user_facing
     def __next__(self) -> T:
         if self._buffer:
             return self._buffer.popleft()  # type: ignore[no-any-return]
@@ -603,6 +617,7 @@ class Stream(Generic[T]):
         if self._thread is not None:
             self._thread.join()
 
+    @user_facing
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

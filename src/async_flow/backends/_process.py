@@ -85,6 +85,7 @@ from ._process_wire import (
     READY,
     RESULT,
     RemoteError,
+    dumps_with_filenames,
 )
 from ._process_worker import after_fork
 
@@ -377,7 +378,7 @@ class ProcessBackend(Backend):
             )
         self._may_fork = method == "auto" and sys.platform == "linux"
         try:
-            layer_bytes = cloudpickle.dumps(layer)
+            layer_bytes = dumps_with_filenames(layer)
         except Exception as exc:
             what = "its class or constructor arguments" if layer.is_class else "its function"
             raise SerializationError(
