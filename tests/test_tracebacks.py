@@ -76,7 +76,7 @@ def test_awaiting_pipeline_shows_the_users_frames() -> None:
 
 
 def test_a_stream_shows_the_users_frames() -> None:
-    with (  # noqa: PT012 - the loop raises
+    with (
         pytest.raises(ValueError, match="bad 5") as info,
         af.open_stream(range(10), af.Layer(parse, 2)) as stream,
     ):
