@@ -78,6 +78,8 @@ class _Run:
         self.autoscaler: Autoscaler | None = None
         self._clock = current_clock()  # where the run is declared, for tests' manual clocks
         self._source_ended: float | None = None
+        self._source_started: float | None = None
+        self._lineage: Lineage | None = None
         self.sampler = Sampler(
             self._read_counters,
             resolve_progress(progress),
@@ -106,7 +108,8 @@ class _Run:
     async def _execute(self, output: SendChannel[Any] | None) -> Report:
         if self.checkpoint is None:
             return await self._execute_layers(output, None)
-        lineage = Lineage(self.checkpoint, self.layers)
+        lineage = self._lineage = Lineage(self.checkpoint, self.layers)
+        self.sampler.count_committed = lambda: lineage.skipped
         try:
             await lineage.open()
             return await self._execute_layers(output, lineage)
@@ -154,6 +157,7 @@ class _Run:
             async with TaskGroup() as tg:
                 self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
+                self._source_started = perf_counter()  # the start-up ends here
                 if self.signum is None:
                     source_task = self._source_task = tg.start(
                         feed(self.source, feed_into, self.source_counters, chunk),
@@ -219,6 +223,9 @@ class _Run:
                 elapsed=end - self._started,
                 exhausted=self.source_counters.exhausted,
                 running_seconds=source_end - self._started,
+                startup_seconds=(self._source_started if self._source_started is not None else end)
+                - self._started,
+                already_committed=0 if self._lineage is None else self._lineage.skipped,
             ),
             elapsed=end - self._started,
             status=self.status,

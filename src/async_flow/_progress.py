@@ -87,6 +87,8 @@ class ProgressSnapshot:
     ``status`` is ``"running"`` until the last snapshot, which says how the run ended
     (``"completed"``, ``"failed"`` or ``"cancelled"``). ``produced`` counts source items,
     ``total`` is the source's length when known, ``eta`` the estimated seconds left.
+    ``already_committed`` is the part of ``produced`` that a checkpoint skipped because an
+    earlier run had committed it (a layer's ``total`` leaves those out).
 
     Example::
 
@@ -106,6 +108,7 @@ class ProgressSnapshot:
     total: int | None
     eta: float | None
     layers: tuple[LayerProgress, ...]
+    already_committed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for JSON."""
@@ -116,6 +119,7 @@ class ProgressSnapshot:
             "total": self.total,
             "eta": self.eta,
             "layers": [layer.to_dict() for layer in self.layers],
+            "already_committed": self.already_committed,
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -147,6 +151,10 @@ def _done(layer: LayerProgress) -> str:
     return f"{layer.done:,}/{layer.total:,}" if layer.total is not None else f"{layer.done:,}"
 
 
+def _committed(snapshot: ProgressSnapshot) -> str:
+    return f"{snapshot.already_committed:,} source items already committed, skipped"
+
+
 def format_line(snapshot: ProgressSnapshot) -> str:
     """The snapshot as one compact log line (what :class:`LogProgress` writes)."""
     parts = []
@@ -157,6 +165,8 @@ def format_line(snapshot: ProgressSnapshot) -> str:
             f" busy {layer.busy_workers}/{layer.workers}{extra}"
         )
     head = f"async_flow {snapshot.status} {duration(snapshot.elapsed)}"
+    if snapshot.already_committed:
+        head += f" | {_committed(snapshot)}"
     tail = f" | eta {duration(snapshot.eta)}" if snapshot.status == "running" else ""
     return f"{head} | " + " | ".join(parts) + tail
 
@@ -196,6 +206,8 @@ def render(snapshot: ProgressSnapshot) -> RenderableType:
     source = f"{snapshot.produced:,}"
     if snapshot.total is not None:
         source += f"/{snapshot.total:,}"
+    if snapshot.already_committed:
+        source += f" ({_committed(snapshot)})"
     head = Text.assemble(
         ("async_flow ", "bold"),
         (snapshot.status, "green" if snapshot.status == "completed" else ""),

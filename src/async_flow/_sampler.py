@@ -42,6 +42,8 @@ class Sampler:
         self._started = perf_counter()
         self._window: deque[tuple[float, tuple[int, ...]]] = deque()
         self._last: tuple[int, tuple[LayerStats, ...]] | None = None
+        #: Source items a checkpoint skipped as already committed (set by a run that has one).
+        self.count_committed: Callable[[], int] = _nothing
 
     def restart_clock(self) -> None:
         """Count time from now (the run has just started)."""
@@ -118,7 +120,9 @@ class Sampler:
         else:
             rates = [s.received / t if t > 0 else 0.0 for s in layers]
         rows = []
-        expected: float | None = self.total
+        committed = self.count_committed()
+        # Items an earlier run committed never reach the layers: they are not left to do.
+        expected: float | None = None if self.total is None else max(0, self.total - committed)
         etas: list[float] = []
         for s, rate in zip(layers, rates, strict=True):
             total = None if expected is None else max(s.received, round(expected))
@@ -158,7 +162,12 @@ class Sampler:
             total=self.total,
             eta=eta_all,
             layers=tuple(rows),
+            already_committed=committed,
         )
+
+
+def _nothing() -> int:
+    return 0
 
 
 def _outcome(work: Sequence[asyncio.Future[Any]], cancelled: bool = False) -> str:
