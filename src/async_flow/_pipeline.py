@@ -15,7 +15,7 @@ from ._autoscale import Autoscaler, current_clock
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._checkpoint import Checkpoint, Lineage
 from ._errors import Interrupted
-from ._layer import DEFAULT_MAXSIZE, Layer
+from ._layer import DEFAULT_MAXSIZE, Layer, named_by_position
 from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import CALLER_WINDOW, LayerRun
@@ -64,6 +64,7 @@ class _Run:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         _check(source, layers)
+        layers = named_by_position(layers)
         if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
             raise TypeError(f"total must be an int, got {total!r}")
         self.source = source
@@ -320,6 +321,9 @@ async def pipeline(
 
     With a :class:`Checkpoint`, the run records each source item once its results are committed
     and skips the items an earlier run recorded (see :class:`Checkpoint`).
+
+    Without layers the source is drained: read to its end, its items counted and dropped (what
+    a source does costs the same as in the full pipeline, which makes it a way to time it).
 
     Example::
 

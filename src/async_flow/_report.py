@@ -199,9 +199,10 @@ class Report:
         )
         if committed := self.source.already_committed:
             title += f" ({committed} already committed by an earlier run, skipped)"
-        out = [title, line(head), *(line(r) for r in rows)]
         if self.layers:
-            out.append(_legend(self.layers))
+            out = [title, line(head), *(line(r) for r in rows), _legend(self.layers)]
+        else:
+            out = [title, "no layers: the source was read to its end and its items dropped"]
         for name in dict.fromkeys(e.layer for e in self.scaling):
             steps = self.workers_over_time(name)
             counts = [n for _, n in steps]

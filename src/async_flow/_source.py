@@ -73,9 +73,14 @@ def _check_source(source: Any) -> None:
     if isinstance(source, Merge):
         return
     if not isinstance(source, (Iterable, AsyncIterable)):
-        raise TypeError(
-            f"a source must be an iterable or an async iterable, got {type(source).__name__}"
-        )
+        message = f"a source must be an iterable or an async iterable, got {type(source).__name__}"
+        if callable(source) and not isinstance(source, type):
+            # The generator function itself instead of the generator it makes: the usual slip.
+            name = getattr(source, "__name__", "source")
+            if name == "<lambda>":
+                name = "source"
+            message += f": did you mean {name}()?"
+        raise TypeError(message)
 
 
 def source_length(source: Any) -> int | None:
