@@ -30,6 +30,19 @@ __all__ = ("Stream", "open_stream", "pipeline", "run")
 
 T = TypeVar("T")
 
+# --- BEGIN GENERATED chain (scripts/gen_overloads.py; do not edit) ---
+# The item types along a chain: the source gives _T0, layer k _Tk.
+_T0 = TypeVar("_T0")
+_T1 = TypeVar("_T1")
+_T2 = TypeVar("_T2")
+_T3 = TypeVar("_T3")
+_T4 = TypeVar("_T4")
+_T5 = TypeVar("_T5")
+_T6 = TypeVar("_T6")
+_T7 = TypeVar("_T7")
+_T8 = TypeVar("_T8")
+# --- END GENERATED chain ---
+
 Source = Iterable[Any] | AsyncIterable[Any] | Merge[Any]
 _L = Layer[Any, Any]
 
@@ -285,6 +298,187 @@ def _outcome(run: _Run) -> Report:
     return report
 
 
+# --- BEGIN GENERATED pipeline (scripts/gen_overloads.py; do not edit) ---
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    l8: Layer[_T7, _T8],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: _L,
+    l5: _L,
+    l6: _L,
+    l7: _L,
+    l8: _L,
+    l9: _L,
+    /,
+    *rest: _L,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+# --- END GENERATED pipeline ---
+
+
 @user_facing
 async def pipeline(
     source: Source,
@@ -322,6 +516,10 @@ async def pipeline(
     With a :class:`Checkpoint`, the run records each source item once its results are committed
     and skips the items an earlier run recorded (see :class:`Checkpoint`).
 
+    For type checkers each layer must take what the one before it gives (the source's items for
+    the first), for up to eight layers given one by one: ``mypy`` refuses
+    ``af.run(ints(), af.Layer(takes_str))``.
+
     Without layers the source is drained: read to its end, its items counted and dropped (what
     a source does costs the same as in the full pipeline, which makes it a way to time it).
 
@@ -341,6 +539,197 @@ async def pipeline(
         source, layers, drain_timeout, handle_signals, progress, total, checkpoint
     )
     return _outcome(run)
+
+
+# --- BEGIN GENERATED run (scripts/gen_overloads.py; do not edit) ---
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    l8: Layer[_T7, _T8],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: _L,
+    l5: _L,
+    l6: _L,
+    l7: _L,
+    l8: _L,
+    l9: _L,
+    /,
+    *rest: _L,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+# --- END GENERATED run ---
 
 
 @user_facing
@@ -646,92 +1035,151 @@ class Stream(Generic[T]):
             raise error
 
 
-# The stream's item type: the last layer's ``Out`` (the source's items without layers), for up
-# to six layers; past that, or with ``*layers`` of unknown length, the items are ``Any``.
-@overload
-def open_stream(
-    source: Iterable[T] | AsyncIterable[T] | Merge[T],
-    *,
-    maxsize: int | None = None,
-    progress: ProgressOption = None,
-    total: int | None = None,
-    loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+# --- BEGIN GENERATED open_stream (scripts/gen_overloads.py; do not edit) ---
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T0]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T1]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: _L,
-    l3: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T2]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: _L,
-    l3: _L,
-    l4: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T3]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: _L,
-    l3: _L,
-    l4: _L,
-    l5: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T4]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T5]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T6]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T7]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    l8: Layer[_T7, _T8],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T8]: ...
 
 
 @overload
@@ -742,25 +1190,20 @@ def open_stream(
     l3: _L,
     l4: _L,
     l5: _L,
-    l6: Layer[Any, T],
+    l6: _L,
+    l7: _L,
+    l8: _L,
+    l9: _L,
     /,
-    *,
-    maxsize: int | None = None,
-    progress: ProgressOption = None,
-    total: int | None = None,
-    loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
-
-
-@overload
-def open_stream(
-    source: Source,
-    *layers: _L,
+    *rest: _L,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
 ) -> Stream[Any]: ...
+
+
+# --- END GENERATED open_stream ---
 
 
 def open_stream(
@@ -786,7 +1229,8 @@ def open_stream(
     ``loop_factory``.
 
     For type checkers the stream yields the last layer's ``Out`` (the source's items when there
-    are no layers), for up to six layers given one by one; beyond that the items are ``Any``.
+    are no layers), for up to eight layers given one by one, each of which must take what the
+    one before it gives (as for :func:`run`); beyond that the items are ``Any``.
 
     Example::
 
