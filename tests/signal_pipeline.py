@@ -4,9 +4,10 @@ Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [
 
 LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on.
 
-Reads an endless source through a slow layer into a collector that appends each item to OUTPUT,
-prints "ready" once the first item is collected, and on interruption prints the report as JSON
-and exits with the signal's conventional status.
+Reads an endless generator, which appends each item it yields to OUTPUT.yielded, through a slow
+layer into a collector that appends each item to OUTPUT, prints "ready" once the first item is
+collected, and on interruption prints the report as JSON and exits with the signal's conventional
+status.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 import async_flow as af
 
@@ -45,7 +47,14 @@ def main() -> None:
             return made
 
     seconds = float(delay)
-    with open(path, "w") as out:
+    with open(path, "w") as out, open(path + ".yielded", "w") as log:
+
+        def numbers() -> Iterator[int]:
+            for i in itertools.count():
+                log.write(f"{i}\n")
+                log.flush()
+                yield i
+
         announced = False
 
         def collect(x: int) -> None:
@@ -63,7 +72,7 @@ def main() -> None:
         )
         try:
             af.run(
-                itertools.count(),
+                numbers(),
                 layer,
                 af.Layer(collect, maxsize=32),
                 drain_timeout=float(drain_timeout),

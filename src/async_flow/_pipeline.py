@@ -197,7 +197,7 @@ class _Run:
             return
         self.signum = signum
         if self._source_task is not None:
-            self.source_counters.request_stop(self._source_task.cancel)
+            self.source_counters.request_stop()
         self._abort_timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._abort)
 
     def _abort(self) -> None:
