@@ -230,15 +230,31 @@ def test_bad_drain_timeout() -> None:
 
 
 def _start(
-    tmp_path: Path, delay: float, drain_timeout: float, backend: str, loop: str = "asyncio"
+    tmp_path: Path,
+    delay: float,
+    drain_timeout: float,
+    backend: str,
+    loop: str = "asyncio",
+    mode: str = "caught",
+    stderr: Any = None,
 ) -> Any:
     out = tmp_path / "collected.txt"
     env = dict(os.environ)
     src = str(Path(af.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, str(SCRIPT.parents[1])])
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), str(delay), str(drain_timeout), backend, loop],
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(out),
+            str(delay),
+            str(drain_timeout),
+            backend,
+            loop,
+            mode,
+        ],
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=env,
     )
@@ -295,3 +311,37 @@ def test_sigint_twice_aborts_at_once(tmp_path: Path, backend: str) -> None:
     collected = out.read_text().split()
     assert len(collected) < report["source"]["produced"]  # the abort dropped items inside
     assert _gone(workers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_an_uncaught_interrupted_ends_the_program_like_the_signal(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """A program that does not catch af.Interrupted dies by the signal (as Python programs do
+    on Ctrl-C), after printing the report and one line, with no traceback, and after its atexit
+    handlers ran."""
+    proc, out = _start(tmp_path, 0.01, 30, "thread", mode="uncaught", stderr=subprocess.PIPE)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode in (-signum, status), (proc.returncode, stderr)
+    assert "Traceback" not in stderr, stderr
+    name = signal.Signals(signum).name
+    said = [line for line in stderr.splitlines() if line.startswith("async_flow: ")]
+    assert said == [
+        f"async_flow: run interrupted by {name} (drained): {_read(out)} source items read"
+    ]
+    assert "async_flow run interrupted in" in stderr  # the report's first line
+    assert stdout.splitlines()[-1] == "atexit ran"
+    # The drain still finished what the source yielded.
+    assert sorted(_numbers(out)) == _numbers(Path(f"{out}.yielded"))
+
+
+def _numbers(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+def _read(out: Path) -> int:
+    return len(_numbers(Path(f"{out}.yielded")))

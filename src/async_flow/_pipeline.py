@@ -20,7 +20,7 @@ from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import CALLER_WINDOW, LayerRun
 from ._sampler import Sampler
-from ._signals import watch_signals
+from ._signals import install_exit_hook, watch_signals
 from ._source import Merge, SourceCounters, _check_source, feed, source_length
 from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
@@ -271,7 +271,9 @@ async def _run_handling_signals(
 def _outcome(run: _Run) -> Report:
     report = run.report()
     if run.signum is not None:
-        # Even if the run happened to complete meanwhile: the caller asked to stop.
+        # Even if the run happened to complete meanwhile: the caller asked to stop. Uncaught,
+        # it ends the program like the signal would (see install_exit_hook).
+        install_exit_hook()
         raise Interrupted(report, run.signum, drained=not run.aborted)
     return report
 
@@ -343,9 +345,10 @@ def run(
     """Run a pipeline from synchronous code (``asyncio.Runner`` around :func:`pipeline`).
 
     Ctrl-C (SIGINT) or SIGTERM drains the run, a second one aborts it, and the call raises
-    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`); a command-line
-    program exits with its ``exit_code`` (130 for SIGINT). ``progress`` and ``total`` are as for
-    :func:`pipeline`.
+    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`). A program that does
+    not catch it prints the report and one line, and dies by the signal (exit status 130 for
+    SIGINT, 143 for SIGTERM), as Python programs do on Ctrl-C. ``progress`` and ``total`` are as
+    for :func:`pipeline`.
 
     ``loop_factory`` builds the event loop the run happens on (default: asyncio's own). Pass
     ``uvloop.new_event_loop`` to run on uvloop, whose timers wake closer to their deadline than
