@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -34,6 +36,8 @@ _L = Layer[Any, Any]
 
 #: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: Seconds between two lines on stderr saying how a drain goes, when no progress view shows it.
+DRAIN_NOTICE_EVERY = 2.0
 #: The widest an ``open_stream`` channel without a ``maxsize`` grows while its reader keeps up.
 STREAM_ROOM = 16384
 
@@ -89,6 +93,7 @@ class _Run:
         self._tg: TaskGroup | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._drain_notice: asyncio.TimerHandle | None = None
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
@@ -181,6 +186,8 @@ class _Run:
             self._tg = None
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
+            if self._drain_notice is not None:
+                self._drain_notice.cancel()
             self._ended = perf_counter()
             for lr in started:
                 await finish(lr.backend.aclose())
@@ -196,9 +203,41 @@ class _Run:
             self._abort()
             return
         self.signum = signum
+        self.sampler.interrupted = True
         if self._source_task is not None:
             self.source_counters.request_stop()
-        self._abort_timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._abort)
+        loop = asyncio.get_running_loop()
+        self._abort_timer = loop.call_later(self.drain_timeout, self._abort)
+        name = signal.Signals(signum).name
+        again = "Ctrl-C" if signum == signal.SIGINT else name
+        _say(
+            f"async_flow: {name}: draining {self.in_flight()} items in flight;"
+            f" {again} again to abort"
+        )
+        if self.sampler.view is None:  # nothing else shows how the drain goes
+            self._drain_notice = loop.call_later(DRAIN_NOTICE_EVERY, self._notice_drain)
+
+    def in_flight(self) -> int:
+        """Items inside the pipeline now: in its channels or held by workers (an estimate for
+        layers that emit more or fewer items than they take in)."""
+        held = 0
+        for lr in self.layer_runs:
+            s = lr.snapshot()
+            held += s.queued + max(0, s.received - s.emitted - s.failed - s.skipped)
+        return held
+
+    def _notice_drain(self) -> None:
+        self._drain_notice = None
+        if self._tg is None or self.aborted:
+            return
+        since = perf_counter() - self._started
+        collected = self.layer_runs[-1].snapshot().emitted if self.layer_runs else 0
+        _say(
+            f"async_flow: draining, {self.in_flight()} items in flight, {collected} collected"
+            f" ({since:.0f}s)"
+        )
+        loop = asyncio.get_running_loop()
+        self._drain_notice = loop.call_later(DRAIN_NOTICE_EVERY, self._notice_drain)
 
     def _abort(self) -> None:
         self.aborted = True
@@ -236,6 +275,12 @@ class _Run:
         # The first layer's input, or (a stream without layers) the stream's own channel.
         send = self._first_send
         return 0.0 if send is None else send.blocked_seconds
+
+
+def _say(line: str) -> None:
+    """One line on stderr for the person at the terminal (never fails the run)."""
+    with contextlib.suppress(Exception):
+        print(line, file=sys.stderr, flush=True)
 
 
 async def _drain(channel: ReceiveChannel[Any]) -> None:
@@ -306,10 +351,11 @@ async def pipeline(
     The previous signal handlers are restored when the call returns.
 
     ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
-    terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
-    ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
-    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
-    for the "done of total" column and the ETA when the source has no ``len()``.
+    terminal; ``True`` draws it, or writes plain lines to stderr (through :mod:`logging` once the
+    program has configured it) when stderr is not a terminal; ``False`` shows nothing; a
+    callable receives a :class:`ProgressSnapshot` every second and at the end; a
+    :class:`ProgressView` is used as it is. ``total`` is the number of source items, for the
+    "done of total" column and the ETA when the source has no ``len()``.
 
     With a :class:`Checkpoint`, the run records each source item once its results are committed
     and skips the items an earlier run recorded (see :class:`Checkpoint`).
