@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -20,7 +22,7 @@ from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import CALLER_WINDOW, LayerRun
 from ._sampler import Sampler
-from ._signals import watch_signals
+from ._signals import install_exit_hook, watch_signals
 from ._source import Merge, SourceCounters, _check_source, feed, source_length
 from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
@@ -48,6 +50,8 @@ _L = Layer[Any, Any]
 
 #: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: Seconds between two lines on stderr saying how a drain goes, when no progress view shows it.
+DRAIN_NOTICE_EVERY = 2.0
 #: The widest an ``open_stream`` channel without a ``maxsize`` grows while its reader keeps up.
 STREAM_ROOM = 16384
 
@@ -106,6 +110,7 @@ class _Run:
         self._tg: TaskGroup | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._drain_notice: asyncio.TimerHandle | None = None
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
@@ -200,6 +205,8 @@ class _Run:
             self._tg = None
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
+            if self._drain_notice is not None:
+                self._drain_notice.cancel()
             self._ended = perf_counter()
             for lr in started:
                 await finish(lr.backend.aclose())
@@ -215,9 +222,41 @@ class _Run:
             self._abort()
             return
         self.signum = signum
+        self.sampler.interrupted = True
         if self._source_task is not None:
-            self.source_counters.request_stop(self._source_task.cancel)
-        self._abort_timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._abort)
+            self.source_counters.request_stop()
+        loop = asyncio.get_running_loop()
+        self._abort_timer = loop.call_later(self.drain_timeout, self._abort)
+        name = signal.Signals(signum).name
+        again = "Ctrl-C" if signum == signal.SIGINT else name
+        _say(
+            f"async_flow: {name}: draining {self.in_flight()} items in flight;"
+            f" {again} again to abort"
+        )
+        if self.sampler.view is None:  # nothing else shows how the drain goes
+            self._drain_notice = loop.call_later(DRAIN_NOTICE_EVERY, self._notice_drain)
+
+    def in_flight(self) -> int:
+        """Items inside the pipeline now: in its channels or held by workers (an estimate for
+        layers that emit more or fewer items than they take in)."""
+        held = 0
+        for lr in self.layer_runs:
+            s = lr.snapshot()
+            held += s.queued + max(0, s.received - s.emitted - s.failed - s.skipped)
+        return held
+
+    def _notice_drain(self) -> None:
+        self._drain_notice = None
+        if self._tg is None or self.aborted:
+            return
+        since = perf_counter() - self._started
+        collected = self.layer_runs[-1].snapshot().emitted if self.layer_runs else 0
+        _say(
+            f"async_flow: draining, {self.in_flight()} items in flight, {collected} collected"
+            f" ({since:.0f}s)"
+        )
+        loop = asyncio.get_running_loop()
+        self._drain_notice = loop.call_later(DRAIN_NOTICE_EVERY, self._notice_drain)
 
     def _abort(self) -> None:
         self.aborted = True
@@ -260,6 +299,12 @@ class _Run:
         return 0.0 if send is None else send.blocked_seconds
 
 
+def _say(line: str) -> None:
+    """One line on stderr for the person at the terminal (never fails the run)."""
+    with contextlib.suppress(Exception):
+        print(line, file=sys.stderr, flush=True)
+
+
 async def _drain(channel: ReceiveChannel[Any]) -> None:
     with contextlib.suppress(EndOfChannel):
         while True:
@@ -293,7 +338,9 @@ async def _run_handling_signals(
 def _outcome(run: _Run) -> Report:
     report = run.report()
     if run.signum is not None:
-        # Even if the run happened to complete meanwhile: the caller asked to stop.
+        # Even if the run happened to complete meanwhile: the caller asked to stop. Uncaught,
+        # it ends the program like the signal would (see install_exit_hook).
+        install_exit_hook()
         raise Interrupted(report, run.signum, drained=not run.aborted)
     return report
 
@@ -508,10 +555,11 @@ async def pipeline(
     The previous signal handlers are restored when the call returns.
 
     ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
-    terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
-    ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
-    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
-    for the "done of total" column and the ETA when the source has no ``len()``.
+    terminal; ``True`` draws it, or writes plain lines to stderr (through :mod:`logging` once the
+    program has configured it) when stderr is not a terminal; ``False`` shows nothing; a
+    callable receives a :class:`ProgressSnapshot` every second and at the end; a
+    :class:`ProgressView` is used as it is. ``total`` is the number of source items, for the
+    "done of total" column and the ETA when the source has no ``len()``.
 
     With a :class:`Checkpoint`, the run records each source item once its results are committed
     and skips the items an earlier run recorded (see :class:`Checkpoint`).
@@ -746,9 +794,10 @@ def run(
     """Run a pipeline from synchronous code (``asyncio.Runner`` around :func:`pipeline`).
 
     Ctrl-C (SIGINT) or SIGTERM drains the run, a second one aborts it, and the call raises
-    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`); a command-line
-    program exits with its ``exit_code`` (130 for SIGINT). ``progress`` and ``total`` are as for
-    :func:`pipeline`.
+    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`). A program that does
+    not catch it prints the report and one line, and dies by the signal (exit status 130 for
+    SIGINT, 143 for SIGTERM), as Python programs do on Ctrl-C. ``progress`` and ``total`` are as
+    for :func:`pipeline`.
 
     ``loop_factory`` builds the event loop the run happens on (default: asyncio's own). Pass
     ``uvloop.new_event_loop`` to run on uvloop, whose timers wake closer to their deadline than
