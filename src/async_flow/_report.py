@@ -129,8 +129,17 @@ class Report:
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self) -> str:
-        head = ("layer", "backend", "in", "out", "failed", "busy", "waiting", "blocked")
-        rows = [
+        head: tuple[str, ...] = (
+            "layer",
+            "backend",
+            "in",
+            "out",
+            "failed",
+            "busy",
+            "waiting",
+            "blocked",
+        )
+        rows: list[tuple[str, ...]] = [
             (
                 s.name,
                 f"{s.backend} x{s.workers}",
@@ -143,6 +152,12 @@ class Report:
             )
             for s in self.layers
         ]
+        if any(s.limited for s in self.layers):  # limit hook: time waited on the limit
+            head = (*head, "limited")
+            rows = [
+                (*r, f"{s.limit_fraction:.0%}" if s.limited else "-")
+                for r, s in zip(rows, self.layers, strict=True)
+            ]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
         def line(cells: tuple[str, ...]) -> str:
