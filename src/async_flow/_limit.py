@@ -4,31 +4,29 @@
 (``Layer(fetch, 32, limit=api)``); together they start at most ``rate`` items per second (a token
 bucket holding up to ``burst`` tokens) and run at most ``concurrency`` items at once.
 
-Where the metering happens, per backend (the parent always meters: a worker never sees the limit):
-
-- **async**: the items start on the run's own event loop, so each item of a batch takes its token
-  and its concurrency unit just before its call and gives the unit back after it. Batches stay as
-  large as without a limit; an unused limit costs one check per item.
-- **thread, process, ray**: the parent cannot see when a worker starts the items of a batch: a
-  batch of k items sent at once would start k items over a time the parent does not see, and
-  items queued behind a running batch would start late and bunch up with later ones. So a limited
-  layer hands each worker **one item at a time, one in flight per worker**: the token and the unit
-  are taken right before the item is sent and the unit is given back when its result is back. The
-  start the parent meters is then the worker's start, up to one hop (microseconds for a thread,
-  about a millisecond for a process, more for a remote actor). The price is a hop per item, which
-  a call worth rate-limiting dwarfs; a layer that wants large batches of tiny items should not be
-  limited item by item (limit the layer that calls the service, or group items with
-  ``af.batch()`` so that one item is one call).
+How the parent meters batches, on every backend alike (a worker never sees the limit): the run
+hands a worker a batch of items and the worker runs them one after another, at times the parent
+does not see. So a hand-off of ``k`` items takes **one concurrency unit** (at most one of its items
+runs at any moment) and **k tokens**: the first is the start that happens now, the other ``k - 1``
+are *outstanding* until the batch is back, and while they are, the bucket refills to ``burst``
+less what is outstanding. Tokens in the bucket plus tokens outstanding never exceed ``burst``, so
+in any span of ``t`` seconds at most ``burst + rate * t`` items start, wherever and whenever inside
+its batch each one starts. Batches are capped to the tokens at hand (and to ``burst``); a limit
+that binds thus hands out items one by one, an unused one costs two checks per batch. A limited
+layer keeps one batch in flight per worker, so that a batch never waits behind another one: its
+first item starts one hop after the parent metered it (microseconds for a thread, about a
+millisecond for a process, more for a remote actor).
 
 A retry (``af.Retry``) is a new start: it waits for a token and a unit like a first attempt.
 
 Why not aiolimiter (or pyrate-limiter) for the bucket: the budget here must be shared by layers
 on different event loops (two runs in two threads), read a clock that tests control, and wait for
 a concurrency unit *before* the token (so that an item never holds a token while it queues for a
-unit, which would let starts bunch up); aiolimiter binds its waiters to one loop and reads the
-loop's clock, and neither library couples the two limits. The bucket is a GCRA (a token bucket
-written as one "theoretical arrival time"), a dozen lines under one lock: each start reserves its
-instant in first-come order, so no waiter is woken to find the token gone.
+unit, which would let starts bunch up), and hold back tokens a batch has not spent yet (above);
+aiolimiter binds its waiters to one loop, reads the loop's clock, and none of this has a place in
+it. The bucket is a GCRA (a token bucket written as one "theoretical arrival time"), a few lines
+under one lock: each start reserves its instant in first-come order, so no waiter is woken to
+find the token gone.
 """
 
 from __future__ import annotations
@@ -38,15 +36,12 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._autoscale import Clock
-    from ._calls import WorkerCall
     from ._layer import Layer
     from ._stats import LayerCounters
-    from .backends import Backend
 
 __all__ = ("Limit", "Meter", "attach_limit")
 
@@ -88,6 +83,7 @@ class Limit:
         "_depth",
         "_interval",
         "_lock",
+        "_outstanding",
         "_running",
         "_sleeping",
         "_tat",
@@ -136,6 +132,7 @@ class Limit:
         self._interval = 0.0 if rate is None else 1.0 / rate
         self._depth = 0.0 if self.burst is None else (self.burst - 1) * self._interval
         self._running = 0
+        self._outstanding = 0  # tokens of batches in flight that their items have not spent
         self._sleeping = 0  # items holding a start (and a unit) that wait for its instant
         # Items waiting for a concurrency unit, first come first.
         self._waiters: deque[_Waiter] = deque()
@@ -159,16 +156,17 @@ class Limit:
     def _now(self) -> float:
         return self._clock.now() if self._clock is not None else time.monotonic()
 
-    def _reserve(self, now: float) -> tuple[float, float]:
-        """Reserve the next start: the instant it may happen (``now`` or later), and the
-        bucket's state after it (to give the token back). Under the lock."""
-        tat = self._tat if self._tat > now else now
-        due = tat - self._depth
-        self._tat = tat + self._interval
-        return (due if due > now else now), self._tat
+    def _clamped(self, now: float) -> float:
+        """The bucket's state now: full at most to ``burst`` less the outstanding tokens.
 
-    def _try_start(self) -> bool:
-        """Take a unit and a token if both are free right now (the path of an unused limit)."""
+        A full bucket is ``tat <= now``; each outstanding token keeps one interval of it empty.
+        Applied whenever the outstanding count changes, so that the cap holds at every instant.
+        """
+        floor = now + self._outstanding * self._interval
+        return self._tat if self._tat > floor else floor
+
+    def _try_start(self, k: int) -> bool:
+        """Take a unit and ``k`` tokens if all are free right now (the path of an unused limit)."""
         with self._lock:
             if self.concurrency is not None and (
                 self._running >= self.concurrency or self._waiters
@@ -176,13 +174,40 @@ class Limit:
                 return False
             if self._interval:
                 now = self._now()
-                tat = self._tat if self._tat > now else now
-                if tat - self._depth > now:
+                tat = self._clamped(now)
+                if tat + (k - 1) * self._interval - self._depth > now:
                     return False
-                self._tat = tat + self._interval
+                self._tat = tat + k * self._interval
+                self._outstanding += k - 1
             if self.concurrency is not None:
                 self._running += 1
             return True
+
+    def _reserve(self, k: int, now: float) -> tuple[float, float]:
+        """Reserve ``k`` starts: the instant the last of them is due (``now`` or later), and the
+        bucket's state after them (to give them back). Under the lock."""
+        tat = self._clamped(now)
+        due = tat + (k - 1) * self._interval - self._depth
+        self._tat = tat + k * self._interval
+        return (due if due > now else now), self._tat
+
+    def _hold_back(self, k: int) -> None:
+        """``k`` tokens of a batch being sent are not spent yet (see the module docstring)."""
+        with self._lock:
+            self._tat = self._clamped(self._now())
+            self._outstanding += k
+
+    def _spent(self, k: int) -> None:
+        """A batch is back: its ``k`` outstanding tokens were spent by its items."""
+        with self._lock:
+            self._tat = self._clamped(self._now())
+            self._outstanding -= k
+
+    def _at_hand(self) -> int:
+        """How many tokens the bucket holds now (a batch is cut to them)."""
+        with self._lock:
+            now = self._now()
+            return int(self.burst or 0) - math.ceil((self._clamped(now) - now) / self._interval)
 
     async def _take_unit(self) -> None:
         """Wait for a concurrency unit (first come, first served)."""
@@ -241,11 +266,11 @@ class Limit:
             finally:
                 timer.cancel()
 
-    def _refund(self, reserved: float) -> None:
-        """A reserved start that will not happen: give its token back if none came after it."""
+    def _refund(self, k: int, reserved: float) -> None:
+        """Reserved starts that will not happen: give their tokens back if none came after."""
         with self._lock:
             if self._tat == reserved:
-                self._tat -= self._interval
+                self._tat -= k * self._interval
 
 
 class _Waiter:
@@ -266,13 +291,13 @@ class _Waiter:
 
 
 class Meter:
-    """One layer's use of a :class:`Limit` in one run: it takes starts and counts the waits.
+    """One layer's use of a :class:`Limit` in one run: it meters hand-offs and counts the waits.
 
-    ``enter()`` before an item starts (first a concurrency unit, then a token), ``exit()`` when it
-    is done. The waits go to the layer's counters (``rate_wait_seconds``,
-    ``concurrency_wait_seconds``); with ``in_busy`` (the wait happens inside time counted as
-    busy) it is taken off ``busy_seconds``, so that a layer waiting on its limit does not look
-    busy.
+    :meth:`size` cuts a batch to what the limit allows now; :meth:`enter` waits for the batch's
+    unit, then its tokens; :meth:`exit` when the batch is back. The waits go to the layer's
+    counters (``rate_wait_seconds``, ``concurrency_wait_seconds``); with ``in_busy`` (a retry,
+    waiting inside time counted as busy) they are taken off ``busy_seconds``, so that a layer
+    waiting on its limit does not look busy.
     """
 
     __slots__ = ("_concurrency", "_limit", "_rate", "counters")
@@ -283,9 +308,16 @@ class Meter:
         self._concurrency = limit.concurrency is not None
         self.counters = counters
 
-    async def enter(self, in_busy: bool = False) -> None:
+    def size(self, wanted: int) -> int:
+        """The batch to take: ``wanted`` items, cut to the tokens at hand (at least one)."""
+        if not self._rate or wanted <= 1:
+            return wanted
+        return max(1, min(wanted, self._limit._at_hand()))
+
+    async def enter(self, k: int, in_busy: bool = False) -> None:
+        """Wait until a batch of ``k`` items (``k <= burst``) may be handed to a worker."""
         limit = self._limit
-        if limit._try_start():
+        if limit._try_start(k):
             return
         counters = self.counters
         clock = limit._now
@@ -307,14 +339,14 @@ class Meter:
             # this start come late and bunch up with the starts of later tokens.
             with limit._lock:
                 began = clock()
-                due, reserved = limit._reserve(began)
+                due, reserved = limit._reserve(k, began)
                 if due > began:
                     limit._sleeping += 1
             if due > began:
                 try:
                     await limit._sleep_until(due)
                 except BaseException:
-                    limit._refund(reserved)
+                    limit._refund(k, reserved)
                     if self._concurrency:
                         limit._release()
                     raise
@@ -324,64 +356,20 @@ class Meter:
                 spent = clock() - began
                 counters.rate_wait_seconds += spent
                 waited += spent
+            if k > 1:
+                limit._hold_back(k - 1)
         if in_busy:
             counters.busy_seconds -= waited
 
-    def exit(self) -> None:
+    def exit(self, k: int) -> None:
+        """The batch of ``k`` items is back: its unit is free, its tokens spent."""
+        limit = self._limit
+        if self._rate and k > 1:
+            limit._spent(k - 1)
         if self._concurrency:
-            self._limit._release()
-
-    def wrap(self, wc: WorkerCall) -> WorkerCall:
-        """``wc`` with each call metered: for a backend whose items start on the run's loop."""
-        from ._calls import WorkerCall
-        from ._layer import Kind
-
-        call, kind = wc.call, wc.kind
-        enter, exit_ = self.enter, self.exit
-        try_start = self._limit._try_start
-        wrapped: Callable[[Any], Any]
-        if kind is Kind.AMAP or kind is Kind.MAP:
-            is_async = kind is Kind.AMAP
-
-            async def one(item: Any) -> Any:
-                if not try_start():
-                    await enter(True)
-                try:
-                    return (await call(item)) if is_async else call(item)
-                finally:
-                    exit_()
-
-            wrapped, new_kind = one, Kind.AMAP
-        else:
-            is_async = kind is Kind.AFLAT
-
-            async def many(item: Any) -> AsyncIterator[Any]:
-                if not try_start():
-                    await enter(True)
-                try:
-                    if is_async:
-                        async for y in call(item):
-                            yield y
-                    else:
-                        for y in call(item):
-                            yield y
-                finally:
-                    exit_()
-
-            wrapped, new_kind = many, Kind.AFLAT
-        return WorkerCall(wrapped, new_kind, wc.instance, wc.entered)
+            limit._release()
 
 
-def attach_limit(layer: Layer[Any, Any], counters: LayerCounters, backend: Backend) -> Meter | None:
-    """Set up a layer's metering for one run: the meter the runtime applies to each hand-off.
-
-    None when the layer has no limit, or when its backend starts the items on the run's loop and
-    meters each call itself (it is given the meter).
-    """
-    if layer.limit is None:
-        return None
-    meter = Meter(layer.limit, counters)
-    if backend.meters_items:
-        backend.meter = meter
-        return None
-    return meter
+def attach_limit(layer: Layer[Any, Any], counters: LayerCounters) -> Meter | None:
+    """The meter the runtime applies to each hand-off of ``layer`` in one run (None: no limit)."""
+    return None if layer.limit is None else Meter(layer.limit, counters)

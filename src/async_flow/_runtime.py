@@ -169,12 +169,11 @@ class LayerRun:
         self.outbox = outbox
         self.counters = LayerCounters(layer.workers)
         self.backend: Backend = get_backend(layer.backend)(layer)
-        # Limit hook (see _limit): a meter here means the runtime meters each hand-off, so the
-        # layer hands its workers one item at a time, one in flight per worker.
-        self._meter = attach_limit(layer, self.counters, self.backend)
+        # Limit hook (see _limit): the runtime meters each hand-off of a limited layer, which
+        # keeps one batch in flight per worker (a batch queued behind another starts unseen).
+        self._meter = attach_limit(layer, self.counters)
         self._in_flight = 1 if self._meter is not None else self.backend.batches_in_flight
-        cap = 1 if self._meter is not None else self.backend.max_batch
-        self._sizer = _BatchSizer(self.backend.target_batch_seconds, cap)
+        self._sizer = _BatchSizer(self.backend.target_batch_seconds, self.backend.max_batch)
         self._room = 0 if layer.fixed_maxsize else self.backend.channel_room_per_worker
         in_flight = self._in_flight
         self._spread = layer.workers * in_flight
@@ -386,8 +385,9 @@ class LayerRun:
                 if slot.retiring:
                     return
                 idle.add(task)
+                size = sizer.size() if meter is None else meter.size(sizer.size())  # limit hook
                 try:
-                    items = await inbox.receive_batch(sizer.size(), self._spread)
+                    items = await inbox.receive_batch(size, self._spread)
                 except EndOfChannel:
                     self._input_ended = True
                     # Under a checkpoint the collector may still owe the ledger some keys.
@@ -408,8 +408,8 @@ class LayerRun:
                 n = len(items)
                 counters.received += n
                 extra = 0 if lineage is None else lineage.before(self.index, items)
-                if meter is not None:  # limit hook: wait for this item's start
-                    await meter.enter()
+                if meter is not None and n:  # limit hook: wait for the batch's starts
+                    await meter.enter(n)
                 start = perf_counter()
                 if slot.in_flight == 0:
                     counters.busy_workers += 1
@@ -420,8 +420,8 @@ class LayerRun:
                     except WorkerCrashed as crashed:  # as in _run_batch, without its frame
                         result = BatchResult([], 0, crashed)
                     finally:
-                        if meter is not None:  # limit hook: the item is back
-                            meter.exit()
+                        if meter is not None and n:  # limit hook: the batch is back
+                            meter.exit(n)
                     worked = result.seconds
                     outputs = result.outputs
                     if result.error is not None:
@@ -571,15 +571,16 @@ class LayerRun:
     async def _run_batch(self, slot: int, items: list[Any]) -> BatchResult:
         """``backend.run_batch``; a raised ``WorkerCrashed`` becomes the first item's error."""
         meter = self._meter
+        n = len(items)
         if meter is not None:  # limit hook: a retry is a start (its wait is not busy time)
-            await meter.enter(in_busy=True)
+            await meter.enter(n, in_busy=True)
         try:
             return await self.backend.run_batch(slot, items)
         except WorkerCrashed as crashed:
             return BatchResult([], 0, crashed)
         finally:
             if meter is not None:
-                meter.exit()
+                meter.exit(n)
 
     def _check_threshold(self, policy: Policy, given_up: int, error: Exception, item: Any) -> None:
         if not isinstance(policy, _GiveUp):

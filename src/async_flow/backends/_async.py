@@ -26,16 +26,13 @@ class AsyncBackend(Backend):
 
     name = "async"
     target_batch_seconds = 0.001
-    meters_items = True
 
     def __init__(self, layer: Any) -> None:
         super().__init__(layer)
         self._calls: dict[int, WorkerCall] = {}
 
     async def open_worker(self, slot: int) -> None:
-        wc = await open_worker_call_async(self.layer)
-        # A limited layer: each item takes its start from the limit just before its call.
-        self._calls[slot] = wc if self.meter is None else self.meter.wrap(wc)
+        self._calls[slot] = await open_worker_call_async(self.layer)
 
     def run_batch(self, slot: int, items: list[Any]) -> Coroutine[Any, Any, BatchResult]:
         # The batch's coroutine itself, not one wrapping it: one frame less per batch.

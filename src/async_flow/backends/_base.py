@@ -22,10 +22,6 @@ What every backend owes the runtime:
 - **Signals**: workers ignore SIGINT; the run alone coordinates a Ctrl-C (drain, then abort).
   :meth:`stop` means the run is aborting: stop at the next item boundary or kill.
 - **Policies stay in the parent**: a pickled :class:`~async_flow.Layer` carries no error policy.
-- **Limits stay in the parent** (``af.Limit``, see ``_limit``): a backend whose items start on the
-  run's own loop sets :attr:`Backend.meters_items` and wraps each worker's call with
-  :attr:`Backend.meter`; for any other backend the runtime hands a limited layer's workers one
-  item at a time and meters each hand-off itself.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ from typing import Any, ClassVar
 
 from .._calls import BatchResult
 from .._layer import Layer
-from .._limit import Meter
 
 __all__ = ("Backend",)
 
@@ -56,9 +51,6 @@ class Backend(ABC):
     #: per worker the runtime may widen the channel to, so that batches of tiny items stay large
     #: (only when the layer does not set ``maxsize``). 0: the channel keeps its bound.
     channel_room_per_worker: ClassVar[int] = 0
-    #: True if the items start on the run's event loop, where each call can be metered: the
-    #: backend then wraps its workers' calls with :attr:`meter` (``Meter.wrap``) when it is set.
-    meters_items: ClassVar[bool] = False
 
     def __init__(self, layer: Layer[Any, Any]) -> None:
         self.layer = layer
@@ -66,9 +58,6 @@ class Backend(ABC):
         self.restarts = 0
         #: Items re-run by the backend itself (after a worker crash); added to the layer's stats.
         self.retried = 0
-        #: The layer's limit, set by the runtime before :meth:`start` if this backend
-        #: :attr:`meters_items`.
-        self.meter: Meter | None = None
 
     def connect(self, downstream: Backend) -> None:  # noqa: B027 - optional hook
         """The next layer runs on ``downstream``. Called once, before :meth:`start`.
