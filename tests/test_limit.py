@@ -236,7 +236,13 @@ def test_a_cancelled_wait_gives_back_its_unit_and_its_token() -> None:
         unit.cancel()
         with pytest.raises(asyncio.CancelledError):
             await unit
+        # Handed the unit, then cancelled before it could run: it passes the unit on.
+        handed = asyncio.ensure_future(meter.enter(1))
+        await until(lambda: len(limit._waiters) == 1, "a wait for the unit")
         meter.exit(1)
+        handed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handed
         # The unit is free again; its token is not (one per second): the next start sleeps.
         token = asyncio.ensure_future(meter.enter(1))
         await until(lambda: len(clock._timers) == 1, "a wait for the token")

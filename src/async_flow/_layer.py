@@ -133,9 +133,9 @@ class Layer(Generic[In, Out]):
             replaced by a fresh worker. A plain function on the ``"async"`` backend runs on the
             event loop and cannot be timed out.
         limit: an :class:`~async_flow.Limit` (item starts per second, items at once) that this
-            layer shares with every other layer given the same object; retries count. On the
-            ``"thread"``, ``"process"`` and ``"ray"`` backends a limited layer hands its workers
-            one item at a time, so that no batch starts items the limit did not allow.
+            layer shares with every other layer given the same object; retries count. The run
+            meters each batch before a worker gets it (a unit per batch, a token per item, the
+            unspent ones held back until the batch is back), on every backend.
         rate: shorthand for ``limit=af.Limit(rate=rate)``: a limit of this layer's own.
 
     Example::

@@ -55,9 +55,9 @@ class Limit:
     ``burst + rate * t`` items start. ``concurrency`` is how many items may run at once across
     those layers. Either may be ``None`` (no such limit), not both. A retry counts as a start.
 
-    Both hold on every backend: the run meters each item before a worker gets it (see
-    ``docs/limits.md`` for how batches are handed to threads, processes and actors). An item waits
-    first for a concurrency unit, then for its token, then starts at once. Time spent waiting is
+    Both hold on every backend, batches included: the run meters each batch before a worker gets
+    it (see the module docstring and ``docs/limits.md``). A batch waits first for a concurrency
+    unit, then for its tokens, then starts at once. Time spent waiting is
     shown per layer (``LayerStats.limit_seconds``, progress, the report), and the diagnosis names
     a layer that the limit, not its workers, held back; the autoscaler does not add workers to
     such a layer.
