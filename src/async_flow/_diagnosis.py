@@ -11,6 +11,9 @@ Start-up is a stage of its own: the time before the source is first read (worker
 Ray actors starting, a checkpoint's ledger opening), in which no stage can work. A run that spent
 most of its time there was too short to say what limits its throughput; it is not the source's
 doing.
+A layer with an :class:`~async_flow.Limit` holds the run back while it waits on the limit as
+surely as while it works: that wait counts toward the stage, and when it is most of it the
+diagnosis names the limit, not the workers.
 """
 
 from __future__ import annotations
@@ -121,6 +124,24 @@ def _startup_advice(layers: tuple[LayerStats, ...], share: float) -> str:
     return advice
 
 
+def _held(stats: LayerStats) -> float:
+    """Share of a layer's worker-time spent holding the run back: working, or waiting on its
+    limit."""
+    return min(1.0, stats.busy_fraction + stats.limit_fraction)
+
+
+def _limit_advice(stats: LayerStats) -> str:
+    """A layer that its limit, not its workers, held back."""
+    rate = stats.rate_wait_seconds >= stats.concurrency_wait_seconds
+    which = "rate limit" if rate else "concurrency limit"
+    knob = "rate" if rate else "concurrency"
+    return (
+        f"{stats.name!r} waited on its {which} {stats.limit_fraction:.0%} of the run: the limit,"
+        f" not its workers, held the run back (more workers would only wait too); raise the"
+        f" limit's {knob} if the service allows it"
+    )
+
+
 def diagnose(layers: tuple[LayerStats, ...], source: SourceStats) -> Bottleneck | None:
     """Name the stage that limited throughput, or ``None`` when there is nothing to judge."""
     if not layers:
@@ -137,7 +158,7 @@ def diagnose(layers: tuple[LayerStats, ...], source: SourceStats) -> Bottleneck 
         )
     stages: list[tuple[int, float]] = [(-2, startup_fraction(source))]
     stages.append((-1, source_busy_fraction(source)))
-    stages.extend((i, s.busy_fraction) for i, s in enumerate(layers))
+    stages.extend((i, _held(s)) for i, s in enumerate(layers))
     # The stream's reader: it held the last layer up for as long as that layer was blocked.
     stages.append((len(layers), layers[-1].blocked_fraction))
     # The busiest stage is the limit; on a tie the one further down the pipeline, whose
@@ -175,6 +196,8 @@ def diagnose(layers: tuple[LayerStats, ...], source: SourceStats) -> Bottleneck 
         return Bottleneck("reader", index, busy, advice)
     stats = layers[index]
     above = layers[index - 1] if index > 0 else None
+    if stats.limit_fraction >= stats.busy_fraction:  # limit hook
+        return Bottleneck(stats.name, index, busy, _limit_advice(stats))
     advice = f"{stats.name!r} was busy {busy:.0%} of the run"
     if above is None:
         if source.blocked_fraction >= EVIDENCE:

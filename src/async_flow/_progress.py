@@ -45,7 +45,9 @@ class LayerProgress:
     below one that filters, fans out or batches it is estimated from the in/out ratio seen so
     far). ``rate`` is items per second over the last few seconds, ``queued``/``maxsize`` the fill
     of its input channel, ``busy_workers`` how many of its ``workers`` hold an item, ``eta`` the
-    seconds it needs for the rest at the current rate.
+    seconds it needs for the rest at the current rate. ``limit_seconds`` is the time its items
+    have waited on its :class:`~async_flow.Limit` so far, summed over its workers (``None``: the
+    layer has no limit).
 
     Example::
 
@@ -69,6 +71,7 @@ class LayerProgress:
     maxsize: int
     busy_workers: int
     eta: float | None
+    limit_seconds: float | None = None
 
     @property
     def fill(self) -> float:
@@ -161,6 +164,8 @@ def format_line(snapshot: ProgressSnapshot) -> str:
     parts = []
     for layer in snapshot.layers:
         extra = f" err {layer.errors}" if layer.errors else ""
+        if layer.limit_seconds is not None:  # limit hook
+            extra += f" limit {duration(layer.limit_seconds)}"
         parts.append(
             f"{layer.name} {_done(layer)} {_rate(layer.rate)} q {layer.queued}/{layer.maxsize}"
             f" busy {layer.busy_workers}/{layer.workers}{extra}"
@@ -191,11 +196,14 @@ def render(snapshot: ProgressSnapshot) -> RenderableType:
     table.add_column("queue", justify="right", no_wrap=True)
     table.add_column("busy", justify="right", no_wrap=True)
     table.add_column("eta", justify="right", no_wrap=True)
+    limited = any(layer.limit_seconds is not None for layer in snapshot.layers)
+    if limited:  # limit hook: time waited on the limit
+        table.add_column("limit", justify="right", no_wrap=True)
     for layer in snapshot.layers:
         bar: RenderableType = ""
         if layer.total:
             bar = ProgressBar(total=layer.total, completed=min(layer.done, layer.total), width=12)
-        table.add_row(
+        cells: list[RenderableType] = [
             layer.name,
             f"{layer.backend} x{layer.workers}",
             _done(layer),
@@ -205,7 +213,10 @@ def render(snapshot: ProgressSnapshot) -> RenderableType:
             f"{layer.queued}/{layer.maxsize}",
             f"{layer.busy_workers}/{layer.workers}",
             duration(layer.eta) if snapshot.status == "running" else "",
-        )
+        ]
+        if limited:
+            cells.append(duration(layer.limit_seconds) if layer.limit_seconds is not None else "")
+        table.add_row(*cells)
     source = f"{snapshot.produced:,}"
     if snapshot.total is not None:
         source += f"/{snapshot.total:,}"

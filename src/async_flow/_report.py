@@ -163,7 +163,7 @@ class Report:
             columns.append(("retried", lambda s: s.retried))
         if any(s.dead_letters for s in self.layers):
             columns.append(("dead-lettered", lambda s: s.dead_letters))
-        head = (
+        head: tuple[str, ...] = (
             "layer",
             "backend",
             "in",
@@ -173,7 +173,7 @@ class Report:
             "waiting",
             "blocked",
         )
-        rows = [
+        rows: list[tuple[str, ...]] = [
             (
                 s.name,
                 f"{s.backend} x{s.workers}",
@@ -186,6 +186,12 @@ class Report:
             )
             for s in self.layers
         ]
+        if any(s.limited for s in self.layers):  # limit hook: time waited on the limit
+            head = (*head, "limited")
+            rows = [
+                (*r, f"{s.limit_fraction:.0%}" if s.limited else "-")
+                for r, s in zip(rows, self.layers, strict=True)
+            ]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
         def line(cells: tuple[str, ...]) -> str:

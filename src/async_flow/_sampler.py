@@ -155,6 +155,7 @@ class Sampler:
                     # A backend may keep several batches in flight per worker.
                     busy_workers=min(s.busy_workers, s.workers),
                     eta=eta,
+                    limit_seconds=s.limit_seconds if s.limited else None,
                 )
             )
             # What the next layer should expect: this layer's share of outputs per input so far.
