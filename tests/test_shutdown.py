@@ -215,3 +215,48 @@ def test_sigint_twice_aborts_at_once(tmp_path: Path, backend: str) -> None:
     collected = out.read_text().split()
     assert len(collected) < report["source"]["produced"]  # the abort dropped items inside
     assert _gone(workers)
+
+
+class _SkippingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test can move forward (timers follow it)."""
+
+    skipped = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.skipped
+
+
+def test_the_drain_timeout_defaults_to_30_seconds() -> None:
+    """The drain hangs; the loop's clock is moved forward: the run is still draining at 29.5 s
+    and aborted once 30 s are past."""
+    loops: list[_SkippingLoop] = []
+    seen: list[str] = []
+
+    def make_loop() -> asyncio.AbstractEventLoop:
+        loops.append(_SkippingLoop())
+        return loops[-1]
+
+    async def turns(n: int = 100) -> None:
+        for _ in range(n):  # a signal's handler runs within a few turns of the loop
+            await asyncio.sleep(0)
+
+    async def hang_after_signal(x: int) -> int:
+        if x == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            try:
+                await turns()
+                loops[0].skipped += 29.5
+                await turns()
+                seen.append("draining at 29.5s")
+                loops[0].skipped += 1.0
+                await turns()
+                seen.append("draining at 30.5s")
+            except asyncio.CancelledError:
+                seen.append("aborted")
+                raise
+        return x
+
+    with pytest.raises(af.Interrupted) as info:
+        af.run(range(6), af.Layer(hang_after_signal), loop_factory=make_loop)
+    assert seen == ["draining at 29.5s", "aborted"]
+    assert info.value.drained is False
