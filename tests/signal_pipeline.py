@@ -1,8 +1,9 @@
 """A pipeline run as a command-line program, for the signal tests (not a test module).
 
-Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP]
+Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP [START]]
 
-LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on.
+LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on. START is
+``spawn`` to start process workers as fresh interpreters (the default lets the backend fork).
 
 Reads an endless source through a slow layer into a collector that appends each item to OUTPUT,
 prints "ready" once the first item is collected, and on interruption prints the report as JSON
@@ -34,6 +35,7 @@ async def awork(delay: float, x: int) -> int:
 def main() -> None:
     path, delay, drain_timeout, backend = sys.argv[1:5]
     loop = sys.argv[5] if len(sys.argv) > 5 else "asyncio"
+    options = {"start_method": sys.argv[6]} if len(sys.argv) > 6 else {}
     built: list[str] = []  # the class of the loop the run was given, if one was built here
     loop_factory = None
     if loop == "uvloop":
@@ -59,7 +61,9 @@ def main() -> None:
         layer = (
             af.Layer(functools.partial(awork, seconds), 4, backend=backend, maxsize=32)
             if backend == "async"
-            else af.Layer(functools.partial(work, seconds), 4, backend=backend, maxsize=32)
+            else af.Layer(
+                functools.partial(work, seconds), 4, backend=backend, maxsize=32, options=options
+            )
         )
         try:
             af.run(

@@ -260,3 +260,50 @@ def test_the_drain_timeout_defaults_to_30_seconds() -> None:
         af.run(range(6), af.Layer(hang_after_signal), loop_factory=make_loop)
     assert seen == ["draining at 29.5s", "aborted"]
     assert info.value.drained is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("process" not in LOCAL_BACKENDS, reason="no process backend")
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_terminals_ctrl_c_reaches_only_the_parent(tmp_path: Path, start: str) -> None:
+    """A terminal sends Ctrl-C to its whole foreground process group. The program runs in a
+    group of its own (as a shell's job would) and the signal goes to that group: the workers,
+    in groups of their own and ignoring SIGINT, do not see it, and the run drains once. Both
+    ways of starting workers: forked from the program, and fresh interpreters."""
+    out = tmp_path / "collected.txt"
+    env = dict(os.environ)
+    src = str(Path(af.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, str(SCRIPT.parents[1])])
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out), "0.01", "30", "process", "asyncio"]
+        + ([] if start == "fork" else [start]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own session and process group, like a terminal's job
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        group = os.getpgid(proc.pid)
+        assert group == proc.pid
+        workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert workers
+        assert all(os.getpgid(pid) != group for pid in workers)
+        os.killpg(group, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["drained"] is True
+    report = result["report"]
+    assert report["status"] == "interrupted"
+    assert all(layer["restarts"] == 0 for layer in report["layers"])  # no worker was lost
+    assert "Traceback" not in stderr, stderr
+    collected = [int(line) for line in out.read_text().split()]
+    assert sorted(collected) == list(range(report["source"]["produced"]))
+    assert _gone(workers)
