@@ -377,3 +377,148 @@ def test_without_ray_a_local_instance_is_started_and_shut_down() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "ok" in done.stdout
+
+
+# --- options the backend decides -----------------------------------------------------------
+
+
+def test_the_name_option_is_refused_before_the_source_is_read() -> None:
+    read = []
+
+    def source() -> Iterator[int]:
+        read.append(1)
+        yield 1
+
+    with pytest.raises(ValueError, match=r"layer 'named': Ray option 'name' would give every"):
+        af.run(source(), af.Layer(abs, backend="ray", name="named", options={"name": "x"}))
+    assert read == []
+
+
+def _worker_actors_restarts() -> dict[str, int]:
+    """``max_restarts`` of every worker actor of this job, as Ray's actor table holds it (dead
+    actors included), by actor id."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    found = {}
+    for raw in accessor.get_actor_table(None, None):
+        data = gcs_pb2.ActorTableData.FromString(raw)
+        if data.class_name == WORKER_CLASS:
+            found[data.actor_id.hex()] = data.max_restarts
+    return found
+
+
+def test_max_restarts_is_forced_to_0() -> None:
+    """The backend replaces dead actors itself (it knows which items they held): an actor Ray
+    restarted behind its back would run a fresh instance nobody asked for."""
+    before = set(_worker_actors_restarts())
+    report = af.run(
+        range(10),
+        af.Layer(abs, 2, backend="ray", options={"max_restarts": 5, "num_cpus": 0.5}),
+    )
+    assert report.layers[0].emitted == 10
+    made = {k: v for k, v in _worker_actors_restarts().items() if k not in before}
+    assert len(made) == 2
+    assert set(made.values()) == {0}
+
+
+# --- the resource check, where Ray decides --------------------------------------------------
+
+
+async def _starts_despite(options: dict[str, Any]) -> None:
+    """A layer asking for a resource no node has, with ``options``: the run starts (the source
+    is read) instead of failing at once; its actor waits, and leaving the stream stops it."""
+    read = asyncio.Event()
+
+    async def source() -> Any:
+        read.set()
+        yield 1
+
+    layer = af.Layer(abs, backend="ray", name="waits", options={"num_cpus": 0, **options})
+    async with af.open_stream(source(), layer) as stream:
+        first = asyncio.ensure_future(anext(stream))  # raises what the run raises
+        reading = asyncio.ensure_future(read.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {first, reading}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+            )
+            if first in done:
+                first.result()
+            assert reading in done
+        finally:
+            for task in (first, reading):
+                task.cancel()
+            await asyncio.gather(first, reading, return_exceptions=True)
+
+
+def test_the_resource_check_is_skipped_with_a_placement_group() -> None:
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group([{"tpu": 1}])  # no node has a TPU: it stays pending
+    try:
+        strategy = PlacementGroupSchedulingStrategy(group)
+        asyncio.run(_starts_despite({"resources": {"tpu": 1}, "scheduling_strategy": strategy}))
+    finally:
+        remove_placement_group(group)
+
+
+def test_the_resource_check_is_skipped_with_node_affinity() -> None:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    asyncio.run(_starts_despite({"resources": {"tpu": 1}, "scheduling_strategy": strategy}))
+
+
+def test_the_resource_check_is_skipped_on_a_cluster_with_an_autoscaler() -> None:
+    """An autoscaler publishes the node types it may add in the GCS; with one that may add a
+    TPU node, a layer asking for a TPU waits for it instead of failing."""
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental import internal_kv
+
+    config = autoscaler_pb2.ClusterConfig(
+        node_group_configs=[
+            autoscaler_pb2.NodeGroupConfig(name="tpu-node", resources={"tpu": 1}, max_count=2)
+        ]
+    )
+    namespace = ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    key = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY
+    assert not internal_kv._internal_kv_exists(key, namespace=namespace)
+    internal_kv._internal_kv_put(key, config.SerializeToString(), namespace=namespace)
+    try:
+        asyncio.run(_starts_despite({"resources": {"tpu": 1}}))
+    finally:
+        internal_kv._internal_kv_del(key, namespace=namespace)
+    # Without it, the same layer fails at once.
+    with pytest.raises(ValueError, match=r"layer 'waits': no node of the Ray cluster"):
+        asyncio.run(_starts_despite({"resources": {"tpu": 1}}))
+
+
+# --- the error policy stays in this process ------------------------------------------------
+
+
+def fail_on_3(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_a_ray_layer_with_an_unpicklable_dead_letter_sink() -> None:
+    lock = threading.Lock()  # cannot be pickled: the policy must stay in this process
+    letters: list[Any] = []
+
+    def sink(item: Any, failure: af.Failure) -> None:
+        with lock:
+            letters.append((item, failure.error_type))
+
+    report = af.run(
+        range(8),
+        af.Layer(
+            fail_on_3, 2, backend="ray", options={"num_cpus": 0.5}, on_error=af.DeadLetter(sink)
+        ),
+    )
+    assert letters == [(3, "ValueError")]
+    assert report.layers[0].emitted == 7
+    assert report.layers[0].dead_letters == 1
