@@ -8,6 +8,7 @@ actors killed mid-run, a node removed mid-run, where Ray runs, and no actor left
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -522,3 +523,73 @@ def test_a_ray_layer_with_an_unpicklable_dead_letter_sink() -> None:
     assert letters == [(3, "ValueError")]
     assert report.layers[0].emitted == 7
     assert report.layers[0].dead_letters == 1
+
+
+# --- Ctrl-C and SIGTERM, in a real program ----------------------------------------------------
+
+
+def _ray_program(ray_cluster: Any, out: Any, fast: int, connect: str) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(af.__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([src, root])
+    env["RAY_ADDRESS"] = ray_cluster.address
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_signal_job.py")
+    return subprocess.Popen(
+        [sys.executable, script, str(out), str(fast), connect],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_ray_layer_drains_and_exits_143(ray_cluster: Any, tmp_path: Any) -> None:
+    out = tmp_path / "collected.txt"
+    # Every item quick: the drain finishes. The run connects to Ray itself, which replaces the
+    # SIGTERM handler with its own: the run's must stay in place.
+    proc = _ray_program(ray_cluster, out, 10**9, "run")
+    try:
+        assert _line(proc) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["drained"] is True
+    produced = result["report"]["source"]["produced"]
+    assert sorted(int(x) for x in out.read_text().split()) == list(range(produced))
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_kills_the_ray_actors_at_once(ray_cluster: Any, tmp_path: Any) -> None:
+    """After 20 quick items every item takes ten minutes: the drain after the first SIGINT could
+    not end for as long. The second SIGINT aborts: the actors are killed at once (the program is
+    given 60 s, far less than one item), and none is left."""
+    out = tmp_path / "collected.txt"
+    proc = _ray_program(ray_cluster, out, 20, "own")
+    try:
+        assert _line(proc) == "ready"
+        proc.send_signal(signal.SIGINT)
+        assert _line(proc) == "stopped"  # the first signal was taken: the run drains
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["drained"] is False
+    assert result["report"]["status"] == "interrupted"
+    # Killed by the run, not by the program's exit: its Ray connection was still up.
+    assert result["alive"] == 0
