@@ -11,7 +11,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from ._autoscale import Auto
 from ._policy import Policy, Raise
 
-__all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
+__all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind", "named_by_position")
 
 # A layer consumes ``In`` and produces ``Out``: ``Layer[int, bool]`` is a ``Layer[bool, object]``.
 In = TypeVar("In", contravariant=True)
@@ -70,8 +70,28 @@ def call_kind(fn: Callable[..., Any]) -> Kind:
     return Kind.MAP
 
 
+#: The name of a layer whose function is a lambda, until the run names it by its position.
+LAMBDA = "<lambda>"
+
+
 def _describe(fn: Any) -> str:
-    return getattr(_unwrap(fn), "__qualname__", None) or type(fn).__name__
+    name: str = getattr(_unwrap(fn), "__qualname__", None) or type(fn).__name__
+    # "main.<locals>.parse" reads "parse", and every lambda "<lambda>" (see named_by_position).
+    return name.rpartition("<locals>.")[2]
+
+
+def named_by_position(layers: tuple[Layer[Any, Any], ...]) -> tuple[Layer[Any, Any], ...]:
+    """``layers``, with each unnamed lambda's layer renamed for its place: ``"layer 2 (lambda)"``.
+
+    A lambda has no name of its own; its place in the pipeline (counted from 1) tells it apart in
+    the progress, the report and the error notes. Give ``name=`` to choose one.
+    """
+    named = []
+    for position, layer in enumerate(layers, 1):
+        if layer.name == LAMBDA and getattr(_unwrap(layer.fn), "__name__", None) == LAMBDA:
+            layer = layer._renamed(f"layer {position} (lambda)")
+        named.append(layer)
+    return tuple(named)
 
 
 class Layer(Generic[In, Out]):
@@ -117,7 +137,8 @@ class Layer(Generic[In, Out]):
             slow.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
-        name: shown in progress, reports and error notes; defaults to ``fn``'s name.
+        name: shown in progress, reports and error notes; defaults to ``fn``'s name (a lambda's
+            layer is named for its place in the pipeline: ``"layer 2 (lambda)"``).
         args, kwargs: constructor arguments when ``fn`` is a class.
         options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...;
             for ``"process"``: ``start_method``, ``"auto"`` to fork a single-threaded parent
@@ -375,6 +396,14 @@ class Layer(Generic[In, Out]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+
+    def _renamed(self, name: str) -> Layer[In, Out]:
+        """A copy of this layer under another name (the error policy is kept, not reset)."""
+        copy: Layer[In, Out] = object.__new__(type(self))
+        for slot in self.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.name = name
+        return copy
 
     @classmethod
     def _from_stream(

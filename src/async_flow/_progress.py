@@ -2,9 +2,9 @@
 
 The run's sampler (see ``_sampler``) reads the layers' counters at an interval and hands a
 :class:`ProgressSnapshot` to a :class:`ProgressView`: a live table on a terminal
-(:class:`LiveProgress`, drawn with rich), one compact log line per interval
-(:class:`LogProgress`), or a function of the caller's (:class:`CallbackProgress`). Nothing here
-runs on the per-item path.
+(:class:`LiveProgress`, drawn with rich), one compact line per interval on stderr or through
+:mod:`logging` (:class:`LogProgress`), or a function of the caller's (:class:`CallbackProgress`).
+Nothing here runs on the per-item path.
 """
 
 from __future__ import annotations
@@ -84,9 +84,12 @@ class LayerProgress:
 class ProgressSnapshot:
     """Where a run stands: what a progress callback receives, as plain frozen data.
 
-    ``status`` is ``"running"`` until the last snapshot, which says how the run ended
-    (``"completed"``, ``"failed"`` or ``"cancelled"``). ``produced`` counts source items,
-    ``total`` is the source's length when known, ``eta`` the estimated seconds left.
+    ``status`` is ``"running"`` (``"draining"`` once a SIGINT or SIGTERM has stopped the source
+    and the items inside are being finished) until the last snapshot, which says how the run
+    ended (``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``). ``produced``
+    counts source items, ``total`` is the source's length when known, ``eta`` the estimated
+    seconds left. ``already_committed`` is the part of ``produced`` that a checkpoint skipped
+    because an earlier run had committed it (a layer's ``total`` leaves those out).
 
     Example::
 
@@ -106,6 +109,7 @@ class ProgressSnapshot:
     total: int | None
     eta: float | None
     layers: tuple[LayerProgress, ...]
+    already_committed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for JSON."""
@@ -116,6 +120,7 @@ class ProgressSnapshot:
             "total": self.total,
             "eta": self.eta,
             "layers": [layer.to_dict() for layer in self.layers],
+            "already_committed": self.already_committed,
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -147,6 +152,10 @@ def _done(layer: LayerProgress) -> str:
     return f"{layer.done:,}/{layer.total:,}" if layer.total is not None else f"{layer.done:,}"
 
 
+def _committed(snapshot: ProgressSnapshot) -> str:
+    return f"{snapshot.already_committed:,} source items already committed, skipped"
+
+
 def format_line(snapshot: ProgressSnapshot) -> str:
     """The snapshot as one compact log line (what :class:`LogProgress` writes)."""
     parts = []
@@ -157,7 +166,11 @@ def format_line(snapshot: ProgressSnapshot) -> str:
             f" busy {layer.busy_workers}/{layer.workers}{extra}"
         )
     head = f"async_flow {snapshot.status} {duration(snapshot.elapsed)}"
+    if snapshot.already_committed:
+        head += f" | {_committed(snapshot)}"
     tail = f" | eta {duration(snapshot.eta)}" if snapshot.status == "running" else ""
+    if not parts:  # no layers: the source alone
+        parts.append(f"source {snapshot.produced:,}")
     return f"{head} | " + " | ".join(parts) + tail
 
 
@@ -196,6 +209,8 @@ def render(snapshot: ProgressSnapshot) -> RenderableType:
     source = f"{snapshot.produced:,}"
     if snapshot.total is not None:
         source += f"/{snapshot.total:,}"
+    if snapshot.already_committed:
+        source += f" ({_committed(snapshot)})"
     head = Text.assemble(
         ("async_flow ", "bold"),
         (snapshot.status, "green" if snapshot.status == "completed" else ""),
@@ -271,11 +286,23 @@ class CallbackProgress(ProgressView):
         self.fn(snapshot)
 
 
-class LogProgress(ProgressView):
-    """Writes one compact line per ``interval`` seconds through :mod:`logging`.
+def growing_interval(elapsed: float) -> float:
+    """Seconds until the next line of a run ``elapsed`` seconds old: a tenth of its age, from 1
+    to 10 s. A 3-second run gets a line a second; an hour-long one one every 10 s, so a log
+    stays readable however long the run."""
+    return min(10.0, max(1.0, elapsed / 10.0))
 
-    What ``progress=True`` uses when stderr is not a terminal (CI, log files, ``nohup``). Lines go
-    to the ``"async_flow.progress"`` logger at ``INFO`` unless told otherwise.
+
+class LogProgress(ProgressView):
+    """Writes one compact line per interval: to stderr, or through :mod:`logging` once the
+    program has configured it.
+
+    What ``progress=True`` uses when stderr is not a terminal (CI, log files, ``nohup``), as
+    tqdm does there. Each line goes to the ``"async_flow.progress"`` logger (or ``logger``) at
+    ``level`` when that logger has a handler on its way to the root (``logging.basicConfig()``,
+    a handler on ``"async_flow"``, ...), else straight to ``sys.stderr``. With a ``logger``
+    given, lines always go through it. Without an ``interval``, lines come every second at the
+    start, then less often as the run ages, up to one every 10 s (see :func:`growing_interval`).
 
     Example::
 
@@ -288,18 +315,28 @@ class LogProgress(ProgressView):
 
     def __init__(
         self,
-        interval: float = 5.0,
+        interval: float | None = None,
         *,
         logger: logging.Logger | None = None,
         level: int = logging.INFO,
     ) -> None:
-        super().__init__(interval)
+        super().__init__(1.0 if interval is None else interval)
+        self._grows = interval is None
+        self._always_log = logger is not None
         self.logger = logger if logger is not None else logging.getLogger(LOGGER_NAME)
         self.level = level
 
     def update(self, snapshot: ProgressSnapshot) -> None:
-        """Log ``snapshot`` as one line."""
-        self.logger.log(self.level, "%s", format_line(snapshot))
+        """Write ``snapshot`` as one line."""
+        line = format_line(snapshot)
+        if self._always_log or self.logger.hasHandlers():
+            self.logger.log(self.level, "%s", line)
+        else:
+            stream = sys.stderr  # looked up each time: the program may redirect it
+            if stream is not None:
+                print(line, file=stream, flush=True)
+        if self._grows:
+            self.interval = growing_interval(snapshot.elapsed)
 
 
 class LiveProgress(ProgressView):
@@ -360,8 +397,8 @@ def resolve_progress(progress: ProgressOption) -> ProgressView | None:
     """The view for a ``progress=`` argument.
 
     ``None`` (the default): a live table when stderr is a terminal, else nothing. ``True``: the
-    live table on a terminal, else log lines. ``False``: nothing. A callable: called with each
-    snapshot. A :class:`ProgressView`: used as it is.
+    live table on a terminal, else plain lines (:class:`LogProgress`). ``False``: nothing. A
+    callable: called with each snapshot. A :class:`ProgressView`: used as it is.
     """
     if isinstance(progress, ProgressView):
         return progress

@@ -180,6 +180,8 @@ class LayerRun:
         self.lineage: Lineage | None = None
         #: Dead letters of this layer, in the order they failed (for the report).
         self.failures: list[Failure] = []
+        #: Set once the layer's error policy has raised TooManyFailures.
+        self._gave_up = False
         self._random = random.Random()
         self._slots: dict[int, _Slot] = {}
         # Worker count integrated over time, up to _counted_at (the last change).
@@ -566,7 +568,13 @@ class LayerRun:
         # Measured against every item received so far, including those other workers hold: a
         # little lenient while batches are in flight, never alarmed by an early burst.
         reason = policy.exceeded(given_up, self.counters.received)
+        if reason is not None and self._gave_up:
+            # Another worker's failure already crossed the threshold and is stopping the run:
+            # one TooManyFailures says it, this worker just stops (its item counts as skipped or
+            # dead-lettered all the same).
+            raise asyncio.CancelledError
         if reason is not None:
+            self._gave_up = True
             raise TooManyFailures(
                 f"layer {self.layer.name!r} gave up: {reason}; last on item {short_repr(item)}:"
                 f" {type(error).__name__}: {error}"

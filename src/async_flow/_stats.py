@@ -128,7 +128,11 @@ class SourceStats:
     """A frozen snapshot of the source: items produced and time blocked on the first channel.
 
     ``running_seconds`` is how long the source ran before it was exhausted or stopped (``None``:
-    as long as the run).
+    as long as the run), counted from the start of the run. ``startup_seconds`` is the part of
+    the run before the source was first read: the workers starting (processes, Ray actors) and
+    a checkpoint's ledger opening. ``already_committed`` counts the source items (part of
+    ``produced``) that a :class:`~async_flow.Checkpoint` skipped because an earlier run had
+    committed them: they never reach the layers.
 
     Example::
 
@@ -143,6 +147,8 @@ class SourceStats:
     elapsed: float
     exhausted: bool
     running_seconds: float | None = None
+    startup_seconds: float = 0.0
+    already_committed: int = 0
 
     @property
     def blocked_fraction(self) -> float:
