@@ -1,10 +1,11 @@
 """A pipeline run as a command-line program, for the signal tests (not a test module).
 
-Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP [MODE]]
+Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP [MODE [START]]]
 
 LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on. MODE is
 ``caught`` (the default) or ``uncaught``: the program does not catch ``af.Interrupted`` (it has an
-``atexit`` handler that prints "atexit ran", to show the usual shutdown still happens).
+``atexit`` handler that prints "atexit ran", to show the usual shutdown still happens). START is
+``spawn`` to start process workers as fresh interpreters (by default the backend forks them).
 
 Reads an endless generator, which appends each item it yields to OUTPUT.yielded, through a slow
 layer into a collector that appends each item to OUTPUT, prints "ready" once the first item is
@@ -40,6 +41,7 @@ def main() -> None:
     path, delay, drain_timeout, backend = sys.argv[1:5]
     loop = sys.argv[5] if len(sys.argv) > 5 else "asyncio"
     mode = sys.argv[6] if len(sys.argv) > 6 else "caught"
+    options = {"start_method": sys.argv[7]} if len(sys.argv) > 7 else {}
     built: list[str] = []  # the class of the loop the run was given, if one was built here
     loop_factory = None
     if loop == "uvloop":
@@ -72,7 +74,9 @@ def main() -> None:
         layer = (
             af.Layer(functools.partial(awork, seconds), 4, backend=backend, maxsize=32)
             if backend == "async"
-            else af.Layer(functools.partial(work, seconds), 4, backend=backend, maxsize=32)
+            else af.Layer(
+                functools.partial(work, seconds), 4, backend=backend, maxsize=32, options=options
+            )
         )
 
         def run() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import async_flow as af
+from async_flow import _autoscale
 from async_flow._autoscale import (
     DOWN_AFTER,
     INTERVAL,
@@ -125,6 +127,43 @@ def test_bad_bounds_fail_at_construction(
 
 def test_available_cpus_respects_the_affinity_mask() -> None:
     assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "50000 100000\n"}, 0.5),  # cgroup v2: half a CPU
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_available_cpus_honours_a_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], quota: float | None
+) -> None:
+    """A fake cgroup hierarchy: the quota caps the affinity mask (rounded up, at least one), and
+    an autoscaled process layer's max follows it."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(_autoscale, "CGROUP_ROOT", str(tmp_path))
+    mask = len(os.sched_getaffinity(0))
+    expected = mask if quota is None else min(mask, max(1, math.ceil(quota)))
+    assert available_cpus() == expected
+
+    async def main() -> None:
+        from async_flow._channel import open_channel
+        from async_flow._runtime import LayerRun
+
+        _, receive = open_channel(4)
+        run = LayerRun(0, af.Layer(double, af.Auto(), backend="process"), receive, None)
+        scaler = Autoscaler([run])  # no cpus given: it reads them itself
+        assert scaler.budgets["process"] == expected
+        assert [m.high for m in scaler._managed] == [expected]
+
+    run_async(main())
 
 
 def test_default_max_depends_on_the_backend() -> None:
@@ -744,5 +783,123 @@ def test_an_autoscaled_process_layer_grows_onto_a_worker_started_ahead(tmp_path:
             gate.touch()
         assert len(pids) == 20
         assert set(pids) == started
+
+    run_async(main())
+
+
+def gate_after(k: int, path: str) -> Callable[[int], int]:
+    """A per-item function that passes the first ``k`` items and holds the rest until ``path``
+    exists (works across processes)."""
+
+    def held(x: int) -> int:
+        while x >= k and not os.path.exists(path):
+            time.sleep(0.005)
+        return x
+
+    return held
+
+
+def by_token(tokens: str, gate: str) -> Callable[[int], int]:
+    """A per-item function that takes one token file from the ``tokens`` folder for each item
+    (removing a file is atomic: two processes never take the same one), or passes every item
+    once ``gate`` exists."""
+
+    def held(x: int) -> int:
+        while not os.path.exists(gate):
+            for name in os.listdir(tokens):
+                try:
+                    os.remove(os.path.join(tokens, name))
+                except FileNotFoundError:
+                    continue  # another worker took it
+                return x
+            time.sleep(0.005)
+        return x
+
+    return held
+
+
+@pytest.mark.slow
+def test_under_budget_contention_the_layer_whose_producer_waits_most_goes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two autoscaled process layers, both short of workers, and room in the budget for one
+    more process. ``early`` comes first in the pipeline; its producer (the source) is stuck on
+    its full input and never wakes. ``late``'s producer (a thread layer) keeps waiting on
+    ``late``'s full input, woken once per token the test hands out. ``late`` must get the
+    process."""
+    monkeypatch.setattr(_autoscale, "available_cpus", lambda: 3)  # one spare core for two layers
+    gate, tokens = tmp_path / "open", tmp_path / "tokens"
+    tokens.mkdir()
+    passed = 40  # items ``early`` lets through before it holds the rest
+    n = 120
+
+    async def main() -> None:
+        early = af.Layer(
+            gate_after(passed, str(gate)),
+            af.Auto(max=2),
+            backend="process",
+            maxsize=4,
+            name="early",
+        )
+        between = af.Layer(double, 1, backend="thread", maxsize=256, name="between")
+        late = af.Layer(
+            by_token(str(tokens), str(gate)),
+            af.Auto(max=2),
+            backend="process",
+            maxsize=4,
+            name="late",
+        )
+        clock = ManualClock()
+        with use_clock(clock):
+            stream = af.open_stream(range(n), early, between, late)
+        handed = 0
+        try:
+            async with stream:
+
+                def held(layer: str) -> Callable[[], bool]:
+                    def check() -> bool:
+                        s = stats(stream, layer)
+                        return s is not None and s.busy_workers == s.workers == 1 and s.queued == 4
+
+                    return check
+
+                def waited() -> float:
+                    s = stats(stream, "between")
+                    return 0.0 if s is None else s.blocked_seconds
+
+                await until(held("early"), "early holding with a full input", 20_000)
+                await until(lambda: stats(stream, "early").emitted == passed, "early's output")
+                await until(held("late"), "late holding with a full input", 20_000)
+                for _ in range(1 + UP_AFTER):
+                    # Items through ``late``: its producer, blocked on its full input, wakes
+                    # (its wait is counted) and fills it again. ``early`` stays stuck.
+                    before = waited()
+                    while waited() == before:
+                        # A worker runs a batch of one or more items: hand out tokens, one at a
+                        # time, until ``late`` takes more input.
+                        handed += 1
+                        token = tokens / str(handed)
+                        token.touch()
+                        await until(lambda t=token: not t.exists(), "a token taken", 20_000)
+                        await until(
+                            lambda b=before: waited() > b or held("late")(), "late again", 20_000
+                        )
+                    await until(held("late"), "late holding with a full input again", 20_000)
+                    assert held("early")()
+                    await look(clock)
+                assert changes(stream, "late") == [2]
+                assert changes(stream, "early") == []
+                spent = [
+                    e
+                    for e in stream.report.scaling
+                    if e.layer == "early"
+                    and e.reason.startswith("held: CPU budget spent (3 of 3 cores")
+                ]
+                assert spent, stream.report.scaling
+                gate.touch()
+                outputs = [x async for x in stream]
+        finally:
+            gate.touch()
+        assert sorted(outputs) == [2 * x for x in range(n)]
 
     run_async(main())

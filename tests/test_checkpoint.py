@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -247,3 +248,43 @@ def test_an_item_an_error_policy_gave_up_on_is_not_recorded(tmp_path: Path) -> N
     lineage.after(1, [Keyed(2, "c")], [])
     assert lineage.finished == {2}
     assert lineage.counts == {1: 1}
+
+
+@pytest.mark.parametrize("collector", ["sqlite", "own"])
+@pytest.mark.parametrize(
+    ("policy", "counted"), [(af.Skip(), "skipped"), (af.DeadLetter(), "dead_letters")]
+)
+def test_items_skipped_or_dead_lettered_stay_unfinished_and_run_again(
+    tmp_path: Path, backend: str, collector: str, policy: af.Policy, counted: str
+) -> None:
+    """Under a real checkpoint, an item the policy gave up on is not recorded as done: the next
+    run does it again (here the cause is gone, so it goes through)."""
+    db = tmp_path / "run.db"
+    flaky = tmp_path / "flaky"  # while this file exists, items 3, 7 and 8 fail
+    flaky.touch()
+    path = str(flaky)
+    seen: list[int] = []
+
+    def row(i: int) -> dict[str, int]:
+        if i in (3, 7, 8) and os.path.exists(path):
+            raise OSError(f"item {i} is flaky")
+        return {"id": i}
+
+    def own(r: dict[str, int]) -> None:
+        seen.append(r["id"])
+
+    last = af.sinks.sqlite(db, commit_every=4) if collector == "sqlite" else af.Layer(own)
+    layers = (af.Layer(row, 2, backend=backend, on_error=policy, name="row"), last)
+    first = af.run(range(12), *layers, checkpoint=af.Checkpoint(db, key=int))
+    assert getattr(first.layer("row"), counted) == 3
+    assert ledger(db) == set(range(12)) - {3, 7, 8}
+
+    flaky.unlink()
+    second = af.run(range(12), *layers, checkpoint=af.Checkpoint(db, key=int))
+    assert second.layer("row").received == 3  # only the three given up on are tried again
+    assert getattr(second.layer("row"), counted) == 0
+    assert ledger(db) == set(range(12))
+    if collector == "sqlite":
+        assert sorted(i for (i,) in query(db, "SELECT id FROM results")) == list(range(12))
+    else:
+        assert sorted(seen) == list(range(12))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import async_flow as af
-from tests.conftest import run_async
+from tests.conftest import LOCAL_BACKENDS, run_async
 
 
 def fail_on_7(x: int) -> int:
@@ -128,3 +129,22 @@ def test_base_exceptions_propagate() -> None:
 
     with pytest.raises(SystemExit):
         af.run(range(5), af.Layer(exits))
+
+
+@pytest.mark.skipif("process" not in LOCAL_BACKENDS, reason="no process backend")
+def test_a_layer_that_cannot_start_fails_the_stream_instead_of_hanging_its_reader() -> None:
+    """The reader of an ``async with af.open_stream`` gets the start-up error (here a function
+    that cannot be pickled for a worker process), rather than waiting for items forever."""
+    lock = threading.Lock()
+
+    def holds_a_lock(x: int) -> int:
+        with lock:
+            return x
+
+    async def main() -> None:
+        stream = af.open_stream(range(3), af.Layer(holds_a_lock, backend="process", name="bad"))
+        with pytest.raises(af.SerializationError, match="layer 'bad'"):
+            async with stream:
+                await asyncio.wait_for(anext(stream), 30)
+
+    run_async(main())

@@ -543,3 +543,31 @@ def _signal_at(n: int) -> Any:
         return x
 
     return fn
+
+
+def test_a_callback_is_called_every_second_by_default() -> None:
+    """``progress=fn`` calls ``fn`` at an interval of 1 s: the view the run makes of a bare
+    callable has that interval, and a real run calls it no more often (the snapshots say when
+    they were taken). The run lasts until three calls were made while it was going."""
+    view = resolve_progress(print)
+    assert isinstance(view, af.CallbackProgress)
+    assert view.interval == 1.0
+
+    snapshots: list[af.ProgressSnapshot] = []
+    three = threading.Event()
+
+    def record(snapshot: af.ProgressSnapshot) -> None:
+        snapshots.append(snapshot)
+        if sum(s.status == "running" for s in snapshots) == 3:
+            three.set()
+
+    def until_three_calls(x: int) -> int:
+        if x == 0:
+            assert three.wait(30), "the callback was not called three times"
+        return x
+
+    af.run(range(3), af.Layer(until_three_calls), progress=record)
+    running = [s.elapsed for s in snapshots if s.status == "running"]
+    assert len(running) == 3
+    gaps = [b - a for a, b in itertools.pairwise(running)]
+    assert all(gap >= 1.0 for gap in gaps), gaps

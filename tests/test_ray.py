@@ -8,6 +8,7 @@ actors killed mid-run, a node removed mid-run, where Ray runs, and no actor left
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -377,3 +378,218 @@ def test_without_ray_a_local_instance_is_started_and_shut_down() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "ok" in done.stdout
+
+
+# --- options the backend decides -----------------------------------------------------------
+
+
+def test_the_name_option_is_refused_before_the_source_is_read() -> None:
+    read = []
+
+    def source() -> Iterator[int]:
+        read.append(1)
+        yield 1
+
+    with pytest.raises(ValueError, match=r"layer 'named': Ray option 'name' would give every"):
+        af.run(source(), af.Layer(abs, backend="ray", name="named", options={"name": "x"}))
+    assert read == []
+
+
+def _worker_actors_restarts() -> dict[str, int]:
+    """``max_restarts`` of every worker actor of this job, as Ray's actor table holds it (dead
+    actors included), by actor id."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    found = {}
+    for raw in accessor.get_actor_table(None, None):
+        data = gcs_pb2.ActorTableData.FromString(raw)
+        if data.class_name == WORKER_CLASS:
+            found[data.actor_id.hex()] = data.max_restarts
+    return found
+
+
+def test_max_restarts_is_forced_to_0() -> None:
+    """The backend replaces dead actors itself (it knows which items they held): an actor Ray
+    restarted behind its back would run a fresh instance nobody asked for."""
+    before = set(_worker_actors_restarts())
+    report = af.run(
+        range(10),
+        af.Layer(abs, 2, backend="ray", options={"max_restarts": 5, "num_cpus": 0.5}),
+    )
+    assert report.layers[0].emitted == 10
+    made = {k: v for k, v in _worker_actors_restarts().items() if k not in before}
+    assert len(made) == 2
+    assert set(made.values()) == {0}
+
+
+# --- the resource check, where Ray decides --------------------------------------------------
+
+
+async def _starts_despite(options: dict[str, Any]) -> None:
+    """A layer asking for a resource no node has, with ``options``: the run starts (the source
+    is read) instead of failing at once; its actor waits, and leaving the stream stops it."""
+    read = asyncio.Event()
+
+    async def source() -> Any:
+        read.set()
+        yield 1
+
+    layer = af.Layer(abs, backend="ray", name="waits", options={"num_cpus": 0, **options})
+    async with af.open_stream(source(), layer) as stream:
+        first = asyncio.ensure_future(anext(stream))  # raises what the run raises
+        reading = asyncio.ensure_future(read.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {first, reading}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+            )
+            if first in done:
+                first.result()
+            assert reading in done
+        finally:
+            for task in (first, reading):
+                task.cancel()
+            await asyncio.gather(first, reading, return_exceptions=True)
+
+
+def test_the_resource_check_is_skipped_with_a_placement_group() -> None:
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group([{"tpu": 1}])  # no node has a TPU: it stays pending
+    try:
+        strategy = PlacementGroupSchedulingStrategy(group)
+        asyncio.run(_starts_despite({"resources": {"tpu": 1}, "scheduling_strategy": strategy}))
+    finally:
+        remove_placement_group(group)
+
+
+def test_the_resource_check_is_skipped_with_node_affinity() -> None:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    asyncio.run(_starts_despite({"resources": {"tpu": 1}, "scheduling_strategy": strategy}))
+
+
+def test_the_resource_check_is_skipped_on_a_cluster_with_an_autoscaler() -> None:
+    """An autoscaler publishes the node types it may add in the GCS; with one that may add a
+    TPU node, a layer asking for a TPU waits for it instead of failing."""
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental import internal_kv
+
+    config = autoscaler_pb2.ClusterConfig(
+        node_group_configs=[
+            autoscaler_pb2.NodeGroupConfig(name="tpu-node", resources={"tpu": 1}, max_count=2)
+        ]
+    )
+    namespace = ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    key = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY
+    assert not internal_kv._internal_kv_exists(key, namespace=namespace)
+    internal_kv._internal_kv_put(key, config.SerializeToString(), namespace=namespace)
+    try:
+        asyncio.run(_starts_despite({"resources": {"tpu": 1}}))
+    finally:
+        internal_kv._internal_kv_del(key, namespace=namespace)
+    # Without it, the same layer fails at once.
+    with pytest.raises(ValueError, match=r"layer 'waits': no node of the Ray cluster"):
+        asyncio.run(_starts_despite({"resources": {"tpu": 1}}))
+
+
+# --- the error policy stays in this process ------------------------------------------------
+
+
+def fail_on_3(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_a_ray_layer_with_an_unpicklable_dead_letter_sink() -> None:
+    lock = threading.Lock()  # cannot be pickled: the policy must stay in this process
+    letters: list[Any] = []
+
+    def sink(item: Any, failure: af.Failure) -> None:
+        with lock:
+            letters.append((item, failure.error_type))
+
+    report = af.run(
+        range(8),
+        af.Layer(
+            fail_on_3, 2, backend="ray", options={"num_cpus": 0.5}, on_error=af.DeadLetter(sink)
+        ),
+    )
+    assert letters == [(3, "ValueError")]
+    assert report.layers[0].emitted == 7
+    assert report.layers[0].dead_letters == 1
+
+
+# --- Ctrl-C and SIGTERM, in a real program ----------------------------------------------------
+
+
+def _ray_program(ray_cluster: Any, out: Any, fast: int, connect: str) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(af.__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([src, root])
+    env["RAY_ADDRESS"] = ray_cluster.address
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_signal_job.py")
+    return subprocess.Popen(
+        [sys.executable, script, str(out), str(fast), connect],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_ray_layer_drains_and_exits_143(ray_cluster: Any, tmp_path: Any) -> None:
+    out = tmp_path / "collected.txt"
+    # Every item quick: the drain finishes. The run connects to Ray itself, which replaces the
+    # SIGTERM handler with its own: the run's must stay in place.
+    proc = _ray_program(ray_cluster, out, 10**9, "run")
+    try:
+        assert _line(proc) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["drained"] is True
+    produced = result["report"]["source"]["produced"]
+    assert sorted(int(x) for x in out.read_text().split()) == list(range(produced))
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_kills_the_ray_actors_at_once(ray_cluster: Any, tmp_path: Any) -> None:
+    """After 20 quick items every item takes ten minutes: the drain after the first SIGINT could
+    not end for as long. The second SIGINT aborts: the actors are killed at once (the program is
+    given 60 s, far less than one item), and none is left."""
+    out = tmp_path / "collected.txt"
+    proc = _ray_program(ray_cluster, out, 20, "own")
+    try:
+        assert _line(proc) == "ready"
+        proc.send_signal(signal.SIGINT)
+        assert _line(proc) == "stopped"  # the first signal was taken: the run drains
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["drained"] is False
+    assert result["report"]["status"] == "interrupted"
+    # Killed by the run, not by the program's exit: its Ray connection was still up.
+    assert result["alive"] == 0

@@ -351,3 +351,94 @@ def _numbers(path: Path) -> list[int]:
 
 def _read(out: Path) -> int:
     return len(_numbers(Path(f"{out}.yielded")))
+
+
+class _SkippingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock the test can move forward (timers follow it)."""
+
+    skipped = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.skipped
+
+
+def test_the_drain_timeout_defaults_to_30_seconds() -> None:
+    """The drain hangs; the loop's clock is moved forward: the run is still draining at 29.5 s
+    and aborted once 30 s are past."""
+    loops: list[_SkippingLoop] = []
+    seen: list[str] = []
+
+    def make_loop() -> asyncio.AbstractEventLoop:
+        loops.append(_SkippingLoop())
+        return loops[-1]
+
+    async def turns(n: int = 100) -> None:
+        for _ in range(n):  # a signal's handler runs within a few turns of the loop
+            await asyncio.sleep(0)
+
+    async def hang_after_signal(x: int) -> int:
+        if x == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            try:
+                await turns()
+                loops[0].skipped += 29.5
+                await turns()
+                seen.append("draining at 29.5s")
+                loops[0].skipped += 1.0
+                await turns()
+                seen.append("draining at 30.5s")
+            except asyncio.CancelledError:
+                seen.append("aborted")
+                raise
+        return x
+
+    with pytest.raises(af.Interrupted) as info:
+        af.run(range(6), af.Layer(hang_after_signal), loop_factory=make_loop)
+    assert seen == ["draining at 29.5s", "aborted"]
+    assert info.value.drained is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("process" not in LOCAL_BACKENDS, reason="no process backend")
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_terminals_ctrl_c_reaches_only_the_parent(tmp_path: Path, start: str) -> None:
+    """A terminal sends Ctrl-C to its whole foreground process group. The program runs in a
+    group of its own (as a shell's job would) and the signal goes to that group: the workers,
+    in groups of their own and ignoring SIGINT, do not see it, and the run drains once. Both
+    ways of starting workers: forked from the program, and fresh interpreters."""
+    out = tmp_path / "collected.txt"
+    env = dict(os.environ)
+    src = str(Path(af.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, str(SCRIPT.parents[1])])
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out), "0.01", "30", "process", "asyncio", "caught"]
+        + ([] if start == "fork" else [start]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own session and process group, like a terminal's job
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        group = os.getpgid(proc.pid)
+        assert group == proc.pid
+        workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert workers
+        assert all(os.getpgid(pid) != group for pid in workers)
+        os.killpg(group, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["drained"] is True
+    report = result["report"]
+    assert report["status"] == "interrupted"
+    assert all(layer["restarts"] == 0 for layer in report["layers"])  # no worker was lost
+    assert "Traceback" not in stderr, stderr
+    assert sorted(_numbers(out)) == _numbers(Path(f"{out}.yielded"))  # every item, once
+    assert _gone(workers)

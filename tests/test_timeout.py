@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -252,3 +253,18 @@ def test_a_process_layer_with_an_unpicklable_dead_letter_sink() -> None:
     )
     assert letters == [STUCK]
     assert report.layers[0].emitted == 7
+
+
+def test_a_plain_function_on_the_event_loop_is_not_timed() -> None:
+    """On the async backend a plain function runs on the loop, where nothing can interrupt it:
+    it is not timed, so an item that takes longer than the timeout still completes. (A
+    coroutine of the same layer would be cancelled; see the test above.)"""
+    timeout = 0.01
+
+    def slow(x: int) -> int:
+        time.sleep(3 * timeout)  # sleeps at least that long: always past the timeout
+        return x
+
+    report = af.run(range(5), af.Layer(slow, backend="async", timeout=timeout, name="slow"))
+    stats = report.layer("slow")
+    assert (stats.emitted, stats.timeouts, stats.failed, stats.restarts) == (5, 0, 0, 0)

@@ -259,10 +259,15 @@ def use_clock(clock: Clock) -> Iterator[Clock]:
 # --- CPU budget -------------------------------------------------------------------------------
 
 
+#: Where the cgroup CPU limits are read from (a test points it at a fake hierarchy).
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
 def _cgroup_cpus() -> float | None:
     """The CPU limit of this process's cgroup (v2 ``cpu.max`` or v1 CFS quota), if any."""
+    root = CGROUP_ROOT
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
+        with open(os.path.join(root, "cpu.max")) as f:
             quota, period = f.read().split()[:2]
         if quota != "max":
             return int(quota) / int(period)
@@ -270,9 +275,9 @@ def _cgroup_cpus() -> float | None:
     except (OSError, ValueError):
         pass
     try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
             quota_us = int(f.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
             period_us = int(f.read())
     except (OSError, ValueError):
         return None

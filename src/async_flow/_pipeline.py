@@ -208,6 +208,11 @@ class _Run:
             if self._drain_notice is not None:
                 self._drain_notice.cancel()
             self._ended = perf_counter()
+            # A layer that never ran (a backend failed to start) never closed its outbox: the
+            # stream's reader would wait on it forever. Closing is idempotent.
+            for lr in self.layer_runs:
+                if lr.outbox is not None:
+                    lr.outbox.close()
             for lr in started:
                 await finish(lr.backend.aclose())
         return self.report()

@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import threading
 from collections.abc import Awaitable, Iterator
 from typing import Any
@@ -236,10 +237,18 @@ def _acquire_ray() -> None:
             # RAY_ADDRESS set: connect to that cluster; else start a local instance (not one
             # that ``ray start`` left running: ask for it with RAY_ADDRESS=auto).
             address = os.environ.get("RAY_ADDRESS") or None
-            if address is None:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
+            # ray.init() replaces the SIGTERM handler with one that exits at once: keep the
+            # run's (a first SIGTERM drains the run, as on every backend).
+            main = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main else None
+            try:
+                if address is None:
+                    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            finally:
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
             _session_owned = True
         _session_users += 1
 
