@@ -5,8 +5,9 @@ Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [
 LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on.
 
 Reads an endless source through a slow layer into a collector that appends each item to OUTPUT,
-prints "ready" once the first item is collected, and on interruption prints the report as JSON
-and exits with the signal's conventional status.
+prints "ready" once the first item is collected, "source closed" once the run has closed the
+source (the first signal's drain began), and on interruption prints the report as JSON and exits
+with the signal's conventional status.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 import async_flow as af
 
@@ -29,6 +31,14 @@ def work(delay: float, x: int) -> int:
 async def awork(delay: float, x: int) -> int:
     await asyncio.sleep(delay)
     return x
+
+
+def numbers() -> Iterator[int]:
+    """The endless source; says when the run closes it, so that a test can wait for that."""
+    try:
+        yield from itertools.count()
+    finally:
+        print("source closed", flush=True)
 
 
 def main() -> None:
@@ -63,7 +73,7 @@ def main() -> None:
         )
         try:
             af.run(
-                itertools.count(),
+                numbers(),
                 layer,
                 af.Layer(collect, maxsize=32),
                 drain_timeout=float(drain_timeout),
