@@ -14,8 +14,11 @@ CPU utilisation of the process tree (this process and its workers, measured with
 whole run and over its second half (when the CPU layer is the bottleneck and the autoscaler has
 settled). Run::
 
-    python benchmarks/bench_autoscale.py            # a few minutes on 2 idle cores
-    python benchmarks/bench_autoscale.py --quick --repeat 1   # fewer items, smaller grid
+    python benchmarks/bench_autoscale.py            # about two minutes on 2 idle cores
+    python benchmarks/bench_autoscale.py --quick    # fewer items, smaller grid
+
+Every configuration runs once per round; ``--repeat`` rounds (at least 3) give each one's median
+throughput (its median run's other columns) and the spread of its runs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import psutil
 
 import async_flow as af
+from _harness import add_repeat
 from async_flow._autoscale import available_cpus
 
 Item = tuple[int, float, float]  # (index, IO seconds, CPU seconds)
@@ -172,34 +176,33 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=None, help="items per run")
     parser.add_argument("--quick", action="store_true", help="fewer items, smaller grid")
     parser.add_argument("--pipelines", default="steady,shifting")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds over all configurations (best run kept)"
-    )
+    add_repeat(parser, what="rounds over all configurations, the median run reported (>= 3)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     cpus = available_cpus()
-    n = args.items or (1500 if args.quick else 3000)
+    n = args.items or (1000 if args.quick else 2000)
     io_grid = (8, 32) if args.quick else (4, 16, 64)
     cpu_grid = sorted({1, cpus})
     print(
         f"{cpus} CPUs available; {n} items per run; grid io={io_grid} cpu={tuple(cpu_grid)};"
-        f" best of {args.repeat} interleaved round(s)"
+        f" median of {args.repeat} interleaved rounds"
     )
     header = f"{'pipeline':9} {'workers':>16} {'items/s':>8} {'vs best':>8}"
     header += f" {'cpu all':>8} {'cpu 2nd half':>12} {'system':>7} {'cpu layer busy':>14}"
+    header += "  items/s spread"
     for name in args.pipelines.split(","):
         configs: list[tuple[Any, Any, str]] = [
             (io, cpu, f"io={io} cpu={cpu}") for io in io_grid for cpu in cpu_grid
         ]
         configs.append((af.Auto(), af.Auto(), "Auto()"))
-        # Rounds over every configuration, keeping each one's best run: a load that comes and
-        # goes on the machine then hits every configuration alike.
-        kept: dict[str, Result] = {}
+        # Rounds over every configuration: a load that comes and goes on the machine then hits
+        # every configuration alike. Each one is reported by its median run.
+        runs: dict[str, list[Result]] = {label: [] for _, _, label in configs}
         for _ in range(args.repeat):
             for io, cpu, label in configs:
-                r = run_once(name, n, io, cpu, label)
-                if label not in kept or r.rate > kept[label].rate:
-                    kept[label] = r
+                runs[label].append(run_once(name, n, io, cpu, label))
+        kept = {label: sorted(rs, key=lambda r: r.rate)[len(rs) // 2] for label, rs in runs.items()}
+        rates = {label: [r.rate for r in rs] for label, rs in runs.items()}
         auto = kept.pop("Auto()")
         results = list(kept.values())
         best = max(results, key=lambda r: r.rate)
@@ -210,7 +213,8 @@ def main() -> None:
             print(
                 f"{r.pipeline:9} {r.config:>16} {r.rate:8.0f} {r.rate / best.rate:8.2f}"
                 f" {r.cpu_all:8.0%} {r.cpu_late:12.0%} {r.system:7.0%}"
-                f" {r.cpu_busy:14.0%}{mark}"
+                f" {r.cpu_busy:14.0%}"
+                f"  {min(rates[r.config]):.0f}-{max(rates[r.config]):.0f}{mark}"
             )
         print(
             f"{name}: Auto() reaches {auto.rate / best.rate:.0%} of the best fixed pair"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import async_flow as af
-from _harness import Result, child_main, measure_isolated, table
+from _harness import Result, add_repeat, child_main, measure_isolated, spread, table
 
 N, WORKERS, DELAY = 2_000, 100, 0.010
 SLEEPS = N // WORKERS  # each worker's share of the items, one after the other
@@ -87,12 +87,12 @@ def per_sleep_table(repeat: int) -> str:
     if uvloop is not None:
         loops["uvloop"] = uvloop.new_event_loop
     lines = [f"ms per {DELAY * 1000:.0f} ms sleep, median of {repeat}, {SLEEPS} sleeps per task"]
-    lines.append("tasks  " + "  ".join(f"{name:>8}" for name in loops))
+    lines.append("tasks  " + "  ".join(f"{name:>26}" for name in loops))
     for tasks in (1, 10, 100, 300):
         cells = []
         for factory in loops.values():
-            runs = [chains(tasks, SLEEPS, factory) for _ in range(repeat)]
-            cells.append(f"{statistics.median(runs) / SLEEPS * 1000:8.2f}")
+            runs = [chains(tasks, SLEEPS, factory) / SLEEPS for _ in range(repeat)]
+            cells.append(f"{statistics.median(runs) * 1000:8.2f} ({spread(runs, '', 1000, 2)})")
         lines.append(f"{tasks:5d}  " + "  ".join(cells))
     return "\n".join(lines)
 
@@ -131,7 +131,10 @@ def cpu_table(repeat: int) -> str:
             start = time.process_time()
             fn()
             runs.append(time.process_time() - start)
-        lines.append(f"{name:20s} {statistics.median(runs) / N * 1e6:6.1f} us")
+        lines.append(
+            f"{name:20s} {statistics.median(runs) / N * 1e6:6.1f} us"
+            f" ({spread(runs, ' us', 1e6 / N, 1)})"
+        )
     return "\n".join(lines)
 
 
@@ -185,7 +188,7 @@ def contenders() -> dict[str, Callable[[], None]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
+    add_repeat(parser)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per contender")
     parser.add_argument(
         "--per-sleep",

@@ -1,14 +1,17 @@
 """CPU-bound work on 2 worker processes: async_flow's process backend against its peers.
 
 Every contender computes the same items with the same pure-Python function and returns the same
-checksum; the table gives each one's median wall time (contenders take turns, round by round)
-and its speed as a ratio to serial and to the *limit*: the items split in two halves by hand and
-computed by two bare processes with no IPC at all (what two cores can do on this machine, in this
-run). Pool start-up is part of every time, as a user pays it; imports are not (each contender's
-happen before its clock starts). Every contender's results are summed in the parent as they
-come. A last table times the first result of a process layer (start-up latency).
+checksum; the table gives each one's median wall time over ``--repeat`` runs (contenders take
+turns, round by round) with the spread of its runs, and its speed as a ratio to serial and to
+the *bound*: serial time / workers, from the serial runs of the same invocation (no scheduler
+on these cores can beat it). One more row, the *static split*, hands each of two bare processes
+half of the items up front, with no IPC at all: a fixed split, which a dynamic scheduler can
+beat when one core is slowed during the run. Pool start-up is part of every time, as a user
+pays it; imports are not (each contender's happen before its clock starts). Every contender's
+results are summed in the parent as they come. A first table times the first result of a
+process layer (start-up latency).
 
-    python benchmarks/bench_process.py              # everything (about a minute on 2 idle cores)
+    python benchmarks/bench_process.py              # everything (a few minutes on 2 busy cores)
     python benchmarks/bench_process.py --quick      # smaller runs, for a smoke test
 """
 
@@ -21,6 +24,7 @@ import functools
 import importlib
 import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,8 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import async_flow as af
+from _harness import add_repeat, spread
 
 WORKERS = 2
+STATIC_SPLIT = "static split: 2 bare processes, no IPC"
+BOUND = "bound: serial / 2"
 
 
 def work(x: int, n: int) -> int:
@@ -68,8 +75,10 @@ def _half(fn: Callable[[int], int], items: list[int], out: Any, index: int) -> N
     out[index] = sum(fn(x) for x in items)
 
 
-def run_limit(fn: Callable[[int], int], items: list[int]) -> int:
-    """Two bare processes, each computing its half; only the two sums come back."""
+def run_static_split(fn: Callable[[int], int], items: list[int]) -> int:
+    """Two bare processes, each computing its half; only the two sums come back. Not a bound:
+    a half that lands on a core slowed by another program keeps the other core idle at the
+    end, which a scheduler handing out work as cores free up avoids."""
     ctx = multiprocessing.get_context("fork")
     out = ctx.Array("q", WORKERS)
     size = -(-len(items) // WORKERS)
@@ -147,7 +156,7 @@ def contenders(n_items: int) -> Iterator[tuple[str, Callable[..., int], tuple[st
     """Each contender's name, its run, and the modules it imports on first use (see ``child``)."""
     tuned = max(1, n_items // (WORKERS * 8))
     yield "serial", run_serial, ()
-    yield "limit: 2 bare processes, no IPC", run_limit, ()
+    yield STATIC_SPLIT, run_static_split, ()
     yield "async_flow process", run_async_flow, ("async_flow.backends._process",)
     yield "Pool.imap chunksize=1", functools.partial(run_pool_imap, chunksize=1), ()
     yield (
@@ -161,19 +170,35 @@ def contenders(n_items: int) -> Iterator[tuple[str, Callable[..., int], tuple[st
     yield "SPDL pipe + ProcessPoolExecutor", run_spdl, ("spdl.pipeline",)
 
 
-def run_isolated(name: str, loops: int, n_items: int) -> tuple[float, int]:
+class TimedOut(Exception):
+    """A run that did not finish within ``--timeout`` seconds."""
+
+
+def run_isolated(name: str, loops: int, n_items: int, timeout: float) -> tuple[float, int]:
     """Run contender ``name`` once in a fresh interpreter; return its time and checksum.
 
     Each run starts clean: some peers leave a thread behind in their process (mpire, pypeln,
     SPDL do), and a process with threads must not fork, so whatever ran before would change how
-    the next contender starts its workers.
+    the next contender starts its workers. The child leads a process group of its own, so that
+    a run past ``timeout`` is killed with every worker it started.
     """
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", name, str(loops), str(n_items)],
-        check=True,
-        capture_output=True,
+    child_cmd = [sys.executable, __file__, "--child", name, str(loops), str(n_items)]
+    with subprocess.Popen(
+        child_cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    ).stdout.split()
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TimedOut(name) from None
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, child_cmd, stdout, stderr)
+    out = stdout.split()
     return float(out[-2]), int(out[-1])
 
 
@@ -194,12 +219,16 @@ def child(name: str, loops: int, n_items: int) -> None:
     print(time.perf_counter() - start, got)
 
 
-def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[str]) -> None:
+def scenario(
+    title: str, per_item: float, n_items: int, repeat: int, skip: set[str], timeout: float
+) -> None:
     loops = calibrate(per_item)
     print(f"\n## {title}: {n_items:,} items, ~{per_item * 1e6:g} us each, {WORKERS} workers")
     names = [name for name, _, _ in contenders(n_items) if not any(s in name for s in skip)]
+    if "serial" not in names:
+        names.insert(0, "serial")  # the bound is measured from it
     samples: dict[str, list[float]] = {name: [] for name in names}
-    failed: set[str] = set()
+    failed: dict[str, str] = {}
     expected: int | None = None
     # Round by round, every contender once per round, each run in a fresh interpreter: a machine
     # that slows down or speeds up during the benchmark (a shared VM does) moves every
@@ -209,25 +238,35 @@ def scenario(title: str, per_item: float, n_items: int, repeat: int, skip: set[s
             if name in failed:
                 continue
             try:
-                seconds, got = run_isolated(name, loops, n_items)
+                seconds, got = run_isolated(name, loops, n_items, timeout)
+            except TimedOut:
+                failed[name] = f"over {timeout:.0f} s (timed out, not run again)"
+                continue
             except subprocess.CalledProcessError as exc:  # a peer that fails is reported
                 lines = (exc.stderr or "").strip().splitlines()
-                print(f"  {name}: failed: {lines[-1] if lines else exc}")
-                failed.add(name)
+                failed[name] = f"failed: {lines[-1] if lines else exc}"
                 continue
             samples[name].append(seconds)
             if expected is None:
                 expected = got
             elif got != expected:
                 raise SystemExit(f"{name} computed {got}, expected {expected}")
-    times = {name: statistics.median(s) for name, s in samples.items() if s}
-    serial = times.get("serial")
-    limit = times.get("limit: 2 bare processes, no IPC")
-    print(f"{'contender':<36} {'seconds':>8} {'x serial':>9} {'x limit':>8}")
-    for name, seconds in times.items():
+    rows: dict[str, list[float]] = {"serial": samples.pop("serial")}
+    # The bound of each round: that round's serial time shared by the workers.
+    rows[BOUND] = [t / WORKERS for t in rows["serial"]]
+    rows.update(samples)
+    times = {name: statistics.median(s) for name, s in rows.items() if s}
+    serial, bound = times.get("serial"), times.get(BOUND)
+    print(f"{'contender':<40} {'median s':>8} {'x serial':>9} {'x bound':>8}  spread")
+    for name, s in rows.items():
+        if not s:
+            print(f"{name:<40} {'-':>8} {'-':>9} {'-':>8}  {failed.get(name, 'no run')}")
+            continue
+        seconds = times[name]
         vs_serial = f"{serial / seconds:9.2f}" if serial else " " * 9
-        vs_limit = f"{limit / seconds:8.2f}" if limit else " " * 8
-        print(f"{name:<36} {seconds:8.3f} {vs_serial} {vs_limit}")
+        vs_bound = f"{bound / seconds:8.2f}" if bound else " " * 8
+        note = spread(s) + (" (serial's, halved)" if name == BOUND else "")
+        print(f"{name:<40} {seconds:8.3f} {vs_serial} {vs_bound}  {note}")
 
 
 def first_result_latency(repeat: int) -> None:
@@ -262,16 +301,16 @@ def first_result_latency(repeat: int) -> None:
         ("exec'd workers (sync stream form)", execd),
     ]:
         samples = [measure() for _ in range(repeat)]
-        print(
-            f"{name:<40} median {statistics.median(samples):.3f} s,"
-            f" best {min(samples):.3f} s, worst {max(samples):.3f} s ({repeat} runs)"
-        )
+        print(f"{name:<40} median {statistics.median(samples):.3f} s ({spread(samples)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    add_repeat(parser)
+    parser.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds per run; a slower peer is dropped"
+    )
     parser.add_argument(
         "--skip", action="append", default=[], help="skip contenders whose name has this text"
     )
@@ -285,8 +324,8 @@ def main() -> None:
     skip = set(args.skip)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()}")
     first_result_latency(5)
-    scenario("CPU 2 ms per item", 0.002, 1000 // scale, args.repeat, skip)
-    scenario("CPU 20 us per item", 0.00002, 100_000 // scale, args.repeat, skip)
+    scenario("CPU 2 ms per item", 0.002, 1000 // scale, args.repeat, skip, args.timeout)
+    scenario("CPU 20 us per item", 0.00002, 100_000 // scale, args.repeat, skip, args.timeout)
 
 
 if __name__ == "__main__":

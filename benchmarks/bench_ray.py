@@ -3,19 +3,25 @@
 Two CPU workloads (about 2 ms and 20 us of busy work per item) run on the same number of actors,
 each holding the same worker object, with the same resource request:
 
-* async_flow: ``af.Layer(Spin, workers, backend="ray")`` (adaptive batches, 2 in flight per actor);
-* ``ray.util.ActorPool.map_unordered``: one actor call per item;
+* async_flow: ``af.Layer(Spin, workers, backend="ray")`` (adaptive batches of about 100 ms of
+  work, up to 4,096 items, 2 in flight per actor);
+* ``ray.util.ActorPool.map_unordered`` over chunks of items as large as async_flow's batches
+  (one actor call per chunk: a call per item costs more than a 20 us item, and Ray's own advice
+  is to give each task enough work to pay for its scheduling);
 * Ray Data ``map_batches`` with an actor pool of the same size
-  (``compute=ActorPoolStrategy(size=workers)``);
+  (``compute=ActorPoolStrategy(size=workers)``) and ``batch_size`` as large as async_flow's
+  batches (its docs leave the size to the user, to tune for the hardware);
 * the async_flow process backend, when present, for the single-machine comparison.
 
 Times include creating the actors and tearing them down (every contender pays for that), not
 starting Ray; each contender starts once the previous one's actors are gone (all CPUs free).
-Each row also gives the time to the first result; for the Ray backend, the speed ratio to the
-process backend is also given from the first result on (once both have their workers up), which
-separates Ray's actor start-up from the per-item cost. Run::
+Contenders take turns round by round (``--repeat`` rounds, at least 3); each row gives the
+median of its runs, with their spread, and the time to the first result; for the Ray backend,
+the speed ratio to the process backend is also given from the first result on (once both have
+their workers up), which separates Ray's actor start-up from the per-item cost. Run::
 
-    PYTHONPATH=src python benchmarks/bench_ray.py            # both workloads
+    PYTHONPATH=src python benchmarks/bench_ray.py            # 2 ms x 2,000 and 20 us x 40,000
+    PYTHONPATH=src python benchmarks/bench_ray.py --long     # and 2 ms x 20,000
     PYTHONPATH=src python benchmarks/bench_ray.py --quick    # fewer items
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +39,15 @@ from typing import Any, NamedTuple
 import ray
 
 import async_flow as af
+from _harness import add_repeat, spread
+
+BATCH_SECONDS = 0.1  # the work async_flow's Ray layer aims to put in one batch
+BATCH_MAX = 4096  # and its most items per batch
+
+
+def chunk_size(seconds: float) -> int:
+    """Items per chunk for the peers: as many as async_flow puts in one batch."""
+    return max(1, min(BATCH_MAX, round(BATCH_SECONDS / seconds)))
 
 
 def spin(seconds: float) -> None:
@@ -54,13 +70,13 @@ class Spin:
 
 @ray.remote
 class SpinActor:
-    """The same work as a plain Ray actor, for ActorPool."""
+    """The same work as a plain Ray actor, for ActorPool: one call computes a chunk."""
 
     def __init__(self, seconds: float) -> None:
         self.spin = Spin(seconds)
 
-    def run(self, x: int) -> int:
-        return self.spin(x)
+    def run(self, xs: list[int]) -> list[int]:
+        return [self.spin(x) for x in xs]
 
 
 class SpinBatch:
@@ -118,8 +134,10 @@ def run_actor_pool(n: int, seconds: float, workers: int, num_cpus: float) -> Cou
     actors = [SpinActor.options(num_cpus=num_cpus).remote(seconds) for _ in range(workers)]
     try:
         pool = ActorPool(actors)
-        for _ in pool.map_unordered(lambda a, v: a.run.remote(v), range(n)):
-            counter.add()
+        size = chunk_size(seconds)
+        chunks = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        for done in pool.map_unordered(lambda a, xs: a.run.remote(xs), chunks):
+            counter.add(len(done))
         return counter
     finally:
         for actor in actors:
@@ -133,7 +151,7 @@ def run_ray_data(n: int, seconds: float, workers: int, num_cpus: float) -> Count
         fn_constructor_args=(seconds,),
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=num_cpus,
-        batch_size=max(1, min(1024, int(0.01 / seconds))),
+        batch_size=chunk_size(seconds),
     )
     for batch in ds.iter_batches(batch_size=None):
         counter.add(len(batch["id"]))
@@ -201,15 +219,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a tenth of the items")
+    parser.add_argument("--long", action="store_true", help="add 2 ms x 20,000 items")
     parser.add_argument("--skip-data", action="store_true", help="leave Ray Data out")
+    add_repeat(parser, what="rounds over every contender, the median reported (>= 3)")
     opts = parser.parse_args()
     scale = 0.1 if opts.quick else 1.0
-    workloads = [
-        ("2 ms", 0.002, int(2000 * scale)),
+    workloads = [("2 ms", 0.002, int(2000 * scale))]
+    if opts.long:
         # The same work ten times longer: what is left once actor start-up is spread thin.
-        ("2 ms", 0.002, int(20000 * scale)),
-        ("20 us", 0.00002, int(40000 * scale)),
-    ]
+        workloads.append(("2 ms", 0.002, int(20000 * scale)))
+    workloads.append(("20 us", 0.00002, int(40000 * scale)))
     # Half a CPU each: Ray Data also needs a free CPU for its read tasks, or it waits forever.
     num_cpus = 0.5
     ray.init(
@@ -218,9 +237,9 @@ def main() -> None:
         include_dashboard=False,
         log_to_driver=False,
     )
-    contenders: list[tuple[str, Callable[[int, float, int, float], int]]] = [
+    contenders: list[tuple[str, Callable[[int, float, int, float], Counter]]] = [
         ("async_flow ray", run_async_flow),
-        ("ActorPool.map_unordered", run_actor_pool),
+        ("ActorPool.map_unordered, chunks", run_actor_pool),
     ]
     if not opts.skip_data:
         contenders.append(("Ray Data map_batches", run_ray_data))
@@ -235,25 +254,34 @@ def main() -> None:
     try:
         for label, seconds, n in workloads:
             print(
-                f"\n{label} of CPU per item, {n} items (ideal {n * seconds / opts.workers:.2f} s)"
+                f"\n{label} of CPU per item, {n} items (ideal {n * seconds / opts.workers:.2f} s),"
+                f" peers' chunks and batches of {chunk_size(seconds)} items,"
+                f" median of {opts.repeat} rounds"
             )
-            results = {
-                name: measure(fn, n, seconds, opts.workers, num_cpus) for name, fn in contenders
-            }
-            ours = results["async_flow ray"].total
-            local = results.get("async_flow process")
-            for name, t in results.items():
+            runs: dict[str, list[Timing]] = {name: [] for name, _ in contenders}
+            # Round by round, so that a load coming and going hits every contender alike.
+            for _ in range(opts.repeat):
+                for name, fn in contenders:
+                    runs[name].append(measure(fn, n, seconds, opts.workers, num_cpus))
+            total = {name: statistics.median(t.total for t in ts) for name, ts in runs.items()}
+            first = {name: statistics.median(t.first for t in ts) for name, ts in runs.items()}
+            steady = {name: statistics.median(t.steady for t in ts) for name, ts in runs.items()}
+            ours = total["async_flow ray"]
+            local = total.get("async_flow process")
+            for name, ts in runs.items():
                 vs_local = ""
                 if local:
-                    vs_local = f"  {local.total / t.total:5.2f}x process speed"
+                    vs_local = f"  {local / total[name]:5.2f}x process speed"
                     if name == "async_flow ray":
                         # Both stream results from their first batch on (Ray Data delivers in
                         # blocks, ActorPool has no start-up of its own to compare).
-                        vs_local += f", {local.steady / t.steady:4.2f}x after the first result"
+                        ratio = steady["async_flow process"] / steady[name]
+                        vs_local += f", {ratio:4.2f}x after the first result"
                 print(
-                    f"  {name:<26} {t.total:7.2f} s  first result {t.first:5.2f} s"
-                    f"  {1e6 * t.total / n:8.1f} us/item"
-                    f"  {t.total / ours:5.2f}x async_flow ray's time{vs_local}"
+                    f"  {name:<32} {total[name]:7.2f} s ({spread([t.total for t in ts], digits=2)})"
+                    f"  first result {first[name]:5.2f} s"
+                    f"  {1e6 * total[name] / n:8.1f} us/item"
+                    f"  {total[name] / ours:5.2f}x async_flow ray's time{vs_local}"
                 )
     finally:
         ray.shutdown()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import async_flow as af
+from _harness import MIN_REPEAT, spread
 
 
 def row(i: int) -> dict[str, int]:
@@ -46,6 +47,8 @@ def once(items: int, sink: bool, checkpoint: bool) -> float:
 def main() -> None:
     items = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    if rounds < MIN_REPEAT:
+        raise SystemExit(f"rounds must be at least {MIN_REPEAT} (figures are medians)")
     for sink in (True, False):
         plain: list[float] = []
         keyed: list[float] = []
@@ -56,7 +59,7 @@ def main() -> None:
         label = "SQLite collector" if sink else "trivial collector"
         print(
             f"{label:18}  plain {items / p:10,.0f} items/s   checkpointed {items / k:10,.0f}"
-            f" items/s   ratio {k / p:.2f}"
+            f" items/s   ratio {k / p:.2f}   (spread {spread(plain)} and {spread(keyed)})"
         )
 
 

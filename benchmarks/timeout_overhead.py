@@ -14,6 +14,7 @@ import sys
 import time
 
 import async_flow as af
+from _harness import MIN_REPEAT, spread
 
 
 async def apassthrough(x: int) -> int:
@@ -34,6 +35,8 @@ def once(backend: str, timeout: float | None, items: int) -> float:
 def main() -> None:
     items = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    if rounds < MIN_REPEAT:
+        raise SystemExit(f"rounds must be at least {MIN_REPEAT} (figures are medians)")
     print(f"{items:,} items, {rounds} rounds each (median items/s)")
     for backend in ("async", "thread"):
         plain: list[float] = []
@@ -44,7 +47,7 @@ def main() -> None:
         a, b = statistics.median(plain), statistics.median(timed)
         print(
             f"  {backend:6}  no timeout {items / a:>10,.0f}   timeout=60 {items / b:>10,.0f}"
-            f"   (+{(b - a) / items * 1e6:.1f} us/item)"
+            f"   (+{(b - a) / items * 1e6:.1f} us/item; spread {spread(plain)} and {spread(timed)})"
         )
 
 

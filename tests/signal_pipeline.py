@@ -1,18 +1,21 @@
 """A pipeline run as a command-line program, for the signal tests (not a test module).
 
-Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP]
+Usage: python signal_pipeline.py OUTPUT SECONDS_PER_ITEM DRAIN_TIMEOUT BACKEND [LOOP [MODE]]
 
-LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on.
+LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens on. MODE is
+``caught`` (the default) or ``uncaught``: the program does not catch ``af.Interrupted`` (it has an
+``atexit`` handler that prints "atexit ran", to show the usual shutdown still happens).
 
-Reads an endless source through a slow layer into a collector that appends each item to OUTPUT,
-prints "ready" once the first item is collected, "source closed" once the run has closed the
-source (the first signal's drain began), and on interruption prints the report as JSON and exits
-with the signal's conventional status.
+Reads an endless generator, which appends each item it yields to OUTPUT.yielded, through a slow
+layer into a collector that appends each item to OUTPUT, prints "ready" once the first item is
+collected, "source closed" once the run has closed the source (the first signal's drain began),
+and on interruption prints the report as JSON and exits with the signal's conventional status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import itertools
 import json
@@ -33,17 +36,10 @@ async def awork(delay: float, x: int) -> int:
     return x
 
 
-def numbers() -> Iterator[int]:
-    """The endless source; says when the run closes it, so that a test can wait for that."""
-    try:
-        yield from itertools.count()
-    finally:
-        print("source closed", flush=True)
-
-
 def main() -> None:
     path, delay, drain_timeout, backend = sys.argv[1:5]
     loop = sys.argv[5] if len(sys.argv) > 5 else "asyncio"
+    mode = sys.argv[6] if len(sys.argv) > 6 else "caught"
     built: list[str] = []  # the class of the loop the run was given, if one was built here
     loop_factory = None
     if loop == "uvloop":
@@ -55,7 +51,18 @@ def main() -> None:
             return made
 
     seconds = float(delay)
-    with open(path, "w") as out:
+    with open(path, "w") as out, open(path + ".yielded", "w") as log:
+
+        def numbers() -> Iterator[int]:
+            try:
+                for i in itertools.count():
+                    log.write(f"{i}\n")
+                    log.flush()
+                    yield i
+            finally:
+                # The run closed the source: the first signal's drain began.
+                print("source closed", flush=True)
+
         announced = False
 
         def collect(x: int) -> None:
@@ -71,7 +78,8 @@ def main() -> None:
             if backend == "async"
             else af.Layer(functools.partial(work, seconds), 4, backend=backend, maxsize=32)
         )
-        try:
+
+        def run() -> None:
             af.run(
                 numbers(),
                 layer,
@@ -79,6 +87,13 @@ def main() -> None:
                 drain_timeout=float(drain_timeout),
                 loop_factory=loop_factory,
             )
+
+        if mode == "uncaught":
+            atexit.register(print, "atexit ran", flush=True)
+            run()
+            return
+        try:
+            run()
         except af.Interrupted as stop:
             result = {"drained": stop.drained, "report": stop.report.to_dict(), "loops": built}
             print(json.dumps(result))

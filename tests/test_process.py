@@ -576,6 +576,63 @@ def test_workers_exit_when_the_parent_is_sigkilled(start: str) -> None:
         proc.stdout.close()
 
 
+_BUSY_SCRIPT = """
+import sys, time
+sys.path.insert(0, {src!r})
+import async_flow as af
+
+def work(x):
+    time.sleep(0.002)
+    return x
+
+def collect(x):
+    if x == 50:
+        print("ready", flush=True)
+
+# Short items: when the parent dies the workers are about to write a result to it.
+af.run(
+    range(10**9),
+    af.Layer(work, 2, backend="process", options={{"start_method": {start!r}}}),
+    af.Layer(collect),
+)
+"""
+
+
+@pytest.mark.slow
+def test_workers_of_a_sigkilled_parent_exit_at_once_and_silently(
+    start: str, tmp_path: Path
+) -> None:
+    """Workers writing results when their parent is SIGKILLed: they leave without a word.
+
+    The workers share the parent's stderr (a file here), so anything they print on the way out
+    (a ``BrokenPipeError`` traceback) lands in it. They die with the parent (PR_SET_PDEATHSIG on
+    Linux, well within 0.5 s when measured); 5 s is only a generous bound for a loaded machine.
+    """
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BUSY_SCRIPT.format(src=SRC, start=start)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    assert proc.stdout is not None
+    workers: list[psutil.Process] = []
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.poll()
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: _gone(workers), 5.0), [p.pid for p in workers]
+    finally:
+        for p in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.stdout.close()
+    assert err_path.read_text() == ""
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_the_parent_stops_every_worker_before_it_returns() -> None:
     proc, workers = _start_script("auto")

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import os
+import re
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 import async_flow as af
+from async_flow import _pipeline
 from async_flow._progress import format_line, render, resolve_progress
 from async_flow._timeline import TimelineRecorder
 from tests.conftest import run_async
@@ -398,3 +405,159 @@ def test_cancelling_the_run_ends_the_view_with_cancelled() -> None:
     run_async(main())
     assert seen[-1].status == "cancelled"
     assert [s.status for s in seen[:-1]] == ["running"] * (len(seen) - 1)
+
+
+# --- plain lines off a terminal -------------------------------------------------------------
+
+_PROGRESS_SCRIPT = """
+import logging, sys, time
+import async_flow as af
+
+if sys.argv[1] == "logging":
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="LOG %(message)s")
+
+def step(x):
+    time.sleep(0.02)
+    return x
+
+af.run(range(120), af.Layer(step, 2, name="step"), progress=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configured", [False, True], ids=["plain", "logging"])
+def test_progress_true_off_a_terminal_writes_lines_a_child_can_read(configured: bool) -> None:
+    """stderr to a pipe, as under CI or `2> log`: the lines arrive there by themselves; a
+    program that configured logging gets them through its handlers instead."""
+    env = dict(os.environ, PYTHONPATH=str(Path(af.__file__).resolve().parents[1]))
+    mode = "logging" if configured else "plain"
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRESS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    if configured:
+        lines = [line.removeprefix("LOG ") for line in done.stdout.splitlines()]
+        assert done.stderr == ""
+    else:
+        lines = done.stderr.splitlines()
+        assert done.stdout == ""
+    assert any(line.startswith("async_flow running") for line in lines), lines
+    assert lines[-1].startswith("async_flow completed")
+    assert "step 120/120" in lines[-1]
+
+
+def _lines_in(seconds: float) -> int:
+    """How many lines a default LogProgress writes over a run of ``seconds``, on a clock the
+    test advances (the sampler's rule: update once ``interval`` has passed since the last)."""
+    out = io.StringIO()
+    view = af.LogProgress()
+    # Pytest's log capture puts a handler on the root logger; a logger outside the tree has none,
+    # as in a program that never configured logging, so lines go to stderr.
+    view.logger = logging.Logger("unconfigured")
+    lines = 0
+    next_update = 0.0
+    t = 0.0
+    while t <= seconds:
+        if t >= next_update:
+            snapshot = af.ProgressSnapshot(
+                elapsed=t, status="running", produced=0, total=None, eta=None, layers=()
+            )
+            with contextlib.redirect_stderr(out):
+                view.update(snapshot)
+            lines += 1
+            next_update = t + view.interval
+        t += 0.1
+    assert out.getvalue().count("\n") == lines  # each update is one line on stderr
+    return lines
+
+
+def test_the_default_interval_grows_with_the_age_of_the_run() -> None:
+    assert 3 <= _lines_in(3.0) <= 5  # a few lines for a short run
+    hour = _lines_in(3600.0)
+    assert 330 <= hour <= 420  # about one every 10 s
+    assert af.LogProgress(interval=5).interval == 5  # a given interval stays fixed
+
+
+# --- the drain ------------------------------------------------------------------------------
+
+
+def test_a_drain_shows_in_the_snapshots_and_the_last_one_says_interrupted() -> None:
+    seen: list[af.ProgressSnapshot] = []
+    drained = threading.Event()
+
+    def watch(snapshot: af.ProgressSnapshot) -> None:
+        seen.append(snapshot)
+        if snapshot.status == "draining":
+            drained.set()
+
+    def fn(x: int) -> int:
+        if x == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        if x >= 20:  # the drain lasts until a snapshot has shown it
+            assert drained.wait(30)
+        return x
+
+    with pytest.raises(af.Interrupted) as info:
+        af.run(
+            itertools.count(),
+            af.Layer(fn, 2, maxsize=8),
+            progress=af.CallbackProgress(watch, interval=0.01),
+        )
+    assert info.value.report.status == "interrupted"
+    assert "draining" in [s.status for s in seen]
+    assert seen[-1].status == "interrupted"
+
+
+def test_the_live_table_ends_with_interrupted() -> None:
+    console = Console(record=True, width=120, force_terminal=True, color_system=None)
+    with pytest.raises(af.Interrupted):
+        af.run(
+            itertools.count(),
+            af.Layer(_signal_at(30), maxsize=8),
+            progress=af.LiveProgress(console=console, interval=0.05),
+        )
+    text = console.export_text()
+    assert "async_flow interrupted" in text
+    assert "async_flow completed" not in text
+
+
+def test_a_long_drain_without_a_view_says_how_it_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    said: list[str] = []
+    noticed = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("async_flow: draining,"):
+            noticed.set()
+
+    monkeypatch.setattr(_pipeline, "_say", say)
+    monkeypatch.setattr(_pipeline, "DRAIN_NOTICE_EVERY", 0.05)
+
+    def fn(x: int) -> int:
+        if x == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        if x >= 20:  # the drain lasts until it has said how it goes
+            assert noticed.wait(30)
+        return x
+
+    with pytest.raises(af.Interrupted):
+        af.run(itertools.count(), af.Layer(fn, 2, maxsize=8), progress=False)
+    assert re.fullmatch(
+        r"async_flow: SIGINT: draining \d+ items in flight; Ctrl-C again to abort", said[0]
+    )
+    assert re.fullmatch(
+        r"async_flow: draining, \d+ items in flight, \d+ collected \(\d+s\)", said[1]
+    ), said
+
+
+def _signal_at(n: int) -> Any:
+    def fn(x: int) -> int:
+        if x == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+    return fn

@@ -6,11 +6,13 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,17 @@ def signal_at(n: int, signum: int = signal.SIGINT) -> Any:
 
 def test_first_signal_drains_and_everything_read_is_collected() -> None:
     collected: list[int] = []
+    yielded: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for i in itertools.count():
+            yielded.append(i)
+            yield i
+
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(af.Interrupted) as info:
         af.run(
-            itertools.count(),
+            numbers(),
             af.Layer(signal_at(50), 3, maxsize=16),
             af.Layer(collected.append, maxsize=16),
         )
@@ -48,10 +57,81 @@ def test_first_signal_drains_and_everything_read_is_collected() -> None:
     report = stop.report
     assert report.status == "interrupted"
     assert not report.source.exhausted
-    # Every item the source produced went all the way through.
-    assert sorted(collected) == list(range(report.source.produced))
-    assert report.layers[-1].received == report.source.produced
+    # Every item that left the generator went all the way through (counted where it was
+    # yielded: the report cannot see an item dropped before the pipeline had it).
+    assert sorted(collected) == yielded
+    assert report.source.produced == len(yielded)
+    assert report.layers[-1].received == len(yielded)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+class _CountedList(list[int]):
+    """A plain list whose iteration records each item it hands out."""
+
+    def __init__(self, items: Iterable[int], handed_out: list[int]) -> None:
+        super().__init__(items)
+        self.handed_out = handed_out
+
+    def __iter__(self) -> Iterator[int]:
+        for item in super().__iter__():
+            self.handed_out.append(item)
+            yield item
+
+
+def _counted_source(kind: str, yielded: list[int]) -> Any:
+    """An endless (or long) source of ``kind`` that appends each item it yields to ``yielded``."""
+
+    def numbers(start: int = 0, step: int = 1) -> Iterator[int]:
+        for i in itertools.count(start, step):
+            yielded.append(i)
+            yield i
+
+    async def anumbers(start: int = 0, step: int = 1) -> AsyncIterator[int]:
+        for i in itertools.count(start, step):
+            yielded.append(i)
+            yield i
+            if i % 8 == 0:
+                await asyncio.sleep(0)  # a source that waits now and then, as one reading I/O
+
+    if kind == "generator":
+        return numbers()
+    if kind == "async generator":
+        return anumbers()
+    if kind == "merge":
+        return af.merge(numbers(0, 2), anumbers(1, 2))
+    return _CountedList(range(200_000), yielded)
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator", "merge", "list"])
+def test_the_drain_finishes_every_item_the_source_yielded(kind: str, backend: str) -> None:
+    """One SIGINT: every item that left the user's iterator is collected, none twice.
+
+    The collector is the slow stage, so when the signal comes the source is held back with items
+    in every hand-off: in the thread reading a generator, in a send suspended on a full channel,
+    in a chunk read from a list.
+    """
+    yielded: list[int] = []
+    collected: list[int] = []
+
+    def collect(x: int) -> None:
+        collected.append(x)
+        if len(collected) == 300:
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.0002)
+
+    with pytest.raises(af.Interrupted) as info:
+        af.run(
+            _counted_source(kind, yielded),
+            af.Layer(abs, 4, backend=backend, maxsize=16),
+            af.Layer(collect, maxsize=16),
+        )
+    assert info.value.drained is True
+    assert len(yielded) > 300
+    assert len(collected) == len(set(collected))
+    assert sorted(collected) == sorted(yielded), (
+        f"{len(set(yielded) - set(collected))} yielded item(s) lost"
+    )
+    assert info.value.report.source.produced == len(yielded)
 
 
 def test_sigterm_drains_too_and_maps_to_143() -> None:
@@ -151,15 +231,31 @@ def test_bad_drain_timeout() -> None:
 
 
 def _start(
-    tmp_path: Path, delay: float, drain_timeout: float, backend: str, loop: str = "asyncio"
+    tmp_path: Path,
+    delay: float,
+    drain_timeout: float,
+    backend: str,
+    loop: str = "asyncio",
+    mode: str = "caught",
+    stderr: Any = None,
 ) -> Any:
     out = tmp_path / "collected.txt"
     env = dict(os.environ)
     src = str(Path(af.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, str(SCRIPT.parents[1])])
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), str(delay), str(drain_timeout), backend, loop],
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(out),
+            str(delay),
+            str(drain_timeout),
+            backend,
+            loop,
+            mode,
+        ],
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=env,
     )
@@ -196,9 +292,11 @@ def test_sigint_once_drains_and_exits_130(tmp_path: Path, backend: str) -> None:
     report = result["report"]
     assert result["drained"] is True
     assert report["status"] == "interrupted"
-    produced = report["source"]["produced"]
+    # Counted where the generator yielded them, not from the report.
+    yielded = [int(line) for line in Path(f"{out}.yielded").read_text().split()]
     collected = [int(line) for line in out.read_text().split()]
-    assert sorted(collected) == list(range(produced))
+    assert sorted(collected) == yielded
+    assert report["source"]["produced"] == len(yielded)
     assert _gone(workers)
 
 
@@ -219,3 +317,42 @@ def test_sigint_twice_aborts_at_once(tmp_path: Path, backend: str) -> None:
     collected = out.read_text().split()
     assert len(collected) < report["source"]["produced"]  # the abort dropped items inside
     assert _gone(workers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_an_uncaught_interrupted_ends_the_program_like_the_signal(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """A program that does not catch af.Interrupted dies by the signal (as Python programs do
+    on Ctrl-C), after printing the report and one line, with no traceback, and after its atexit
+    handlers ran."""
+    proc, out = _start(tmp_path, 0.01, 30, "thread", mode="uncaught", stderr=subprocess.PIPE)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode in (-signum, status), (proc.returncode, stderr)
+    assert "Traceback" not in stderr, stderr
+    name = signal.Signals(signum).name
+    said = [line for line in stderr.splitlines() if line.startswith("async_flow: ")]
+    again = "Ctrl-C" if signum == signal.SIGINT else name
+    # The drain announced itself when the signal came, and one line said how the run ended.
+    assert re.fullmatch(
+        rf"async_flow: {name}: draining \d+ items in flight; {again} again to abort", said[0]
+    ), said
+    assert said[1:] == [
+        f"async_flow: run interrupted by {name} (drained): {_read(out)} source items read"
+    ]
+    assert "async_flow run interrupted in" in stderr  # the report's first line
+    assert stdout.splitlines()[-1] == "atexit ran"
+    # The drain still finished what the source yielded.
+    assert sorted(_numbers(out)) == _numbers(Path(f"{out}.yielded"))
+
+
+def _numbers(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+def _read(out: Path) -> int:
+    return len(_numbers(Path(f"{out}.yielded")))

@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._helpers import batch, flatten
 from ._layer import Layer
+from ._limit import Limit
 from ._pipeline import Stream, open_stream, pipeline, run
 from ._policy import DeadLetter, Policy, Raise, Retry, Skip
 from ._progress import (
@@ -59,6 +60,7 @@ __all__ = (
     "Layer",
     "LayerProgress",
     "LayerStats",
+    "Limit",
     "LiveProgress",
     "LogProgress",
     "Merge",

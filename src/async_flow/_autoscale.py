@@ -80,6 +80,9 @@ FLAP_BACKOFF = 2
 #: Share of a look's worker time spent waiting on a full output at which a layer counts as held
 #: up by the layer below (more workers would not help it).
 BLOCKED = 0.2
+#: Share of a look's worker time spent waiting on the layer's af.Limit at which the limit, not
+#: the workers, holds the layer back (more workers would only wait on it too).
+LIMITED = 0.2
 #: Factor by which a short layer outside the CPU budget grows: its workers mostly wait, so a
 #: large step finds the count it needs in a few looks, and the verdict on the growth trims it.
 GROWTH = 4
@@ -316,7 +319,17 @@ def _cpu_weight(layer: Any) -> float:
 class _Look:
     """What one look at a layer saw, over the interval since the previous look."""
 
-    __slots__ = ("blocked", "fill", "items", "load", "pressed", "seconds", "upstream", "util")
+    __slots__ = (
+        "blocked",
+        "fill",
+        "items",
+        "limited",
+        "load",
+        "pressed",
+        "seconds",
+        "upstream",
+        "util",
+    )
 
     def __init__(
         self, prev: LayerStats, now: LayerStats, upstream_blocked: float, clock_seconds: float
@@ -337,13 +350,23 @@ class _Look:
         self.pressed = self.fill >= 0.5 or self.upstream > 0.05
         self.items = now.received - prev.received
         # Throughput is items per second of the controller's clock (the clock its looks wait
-        # on); the shares above are ratios of the layer's own times, so they need no clock.
+        # on); the shares are ratios of the layer's own times, so they need no clock.
         self.seconds = clock_seconds
+        # Limit hook (see _limit): the share of worker time spent waiting on the layer's limit.
+        waited = now.limit_seconds - prev.limit_seconds
+        self.limited = waited / capacity if capacity > 0 else 0.0
+
+    @property
+    def held_by_limit(self) -> bool:
+        """Pressed, but its limit holds it back: more workers would only wait on the limit."""
+        return self.pressed and self.limited >= LIMITED
 
     @property
     def short(self) -> bool:
         """Pressed, busy and not held up by the layer below: more workers would help."""
-        return self.pressed and self.util >= BUSY and self.blocked < BLOCKED
+        return (
+            self.pressed and self.util >= BUSY and self.blocked < BLOCKED and not self.held_by_limit
+        )
 
     def starving(self, workers: int, target: float) -> bool:
         """The work would keep one worker fewer busy at most ``target``."""
@@ -371,6 +394,7 @@ class _Managed:
         "last_change",
         "last_time",
         "last_upstream",
+        "limit_noted",
         "low",
         "run",
         "short_for",
@@ -392,6 +416,7 @@ class _Managed:
         self.starving_for = 0
         self.cooldown = 0
         self.blocked_noted = False
+        self.limit_noted = False
         self.down_after = DOWN_AFTER
         self.last_change = 0
         # Did the last growth pay? (rate before, workers before), and the measurements so far.
@@ -536,6 +561,9 @@ class Autoscaler:
                 continue
             workers = m.workers
             high = self._high(m)
+            if look.held_by_limit and not m.limit_noted:  # limit hook: say why it stays
+                self._record(m, 0, f"held: waiting on its limit {look.limited:.0%} of the look")
+            m.limit_noted = look.held_by_limit
             if look.short:
                 m.streak[0] += look.items
                 m.streak[1] += look.seconds

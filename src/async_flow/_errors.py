@@ -108,8 +108,10 @@ class Interrupted(KeyboardInterrupt):
     ``report`` (status ``"interrupted"``) says how far the run got.
 
     It derives from ``KeyboardInterrupt``, not :class:`AsyncFlowError`, so that ``except
-    Exception`` does not swallow a Ctrl-C. A command-line program should exit with
-    :attr:`exit_code` (130 after SIGINT, 143 after SIGTERM, as shells expect)::
+    Exception`` does not swallow a Ctrl-C. Uncaught, it prints the report and one line (no
+    traceback) and the program dies by the signal, as shells expect (status 130 after SIGINT,
+    143 after SIGTERM). A program that catches it can exit the same way with
+    :attr:`exit_code`::
 
         try:
             report = af.run(source, *layers)

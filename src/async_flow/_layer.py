@@ -9,9 +9,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, I
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from ._autoscale import Auto
+from ._limit import Limit
 from ._policy import Policy, Raise
 
-__all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind")
+__all__ = ("BACKENDS", "DEFAULT_MAXSIZE", "Kind", "Layer", "call_kind", "named_by_position")
 
 # A layer consumes ``In`` and produces ``Out``: ``Layer[int, bool]`` is a ``Layer[bool, object]``.
 In = TypeVar("In", contravariant=True)
@@ -70,8 +71,28 @@ def call_kind(fn: Callable[..., Any]) -> Kind:
     return Kind.MAP
 
 
+#: The name of a layer whose function is a lambda, until the run names it by its position.
+LAMBDA = "<lambda>"
+
+
 def _describe(fn: Any) -> str:
-    return getattr(_unwrap(fn), "__qualname__", None) or type(fn).__name__
+    name: str = getattr(_unwrap(fn), "__qualname__", None) or type(fn).__name__
+    # "main.<locals>.parse" reads "parse", and every lambda "<lambda>" (see named_by_position).
+    return name.rpartition("<locals>.")[2]
+
+
+def named_by_position(layers: tuple[Layer[Any, Any], ...]) -> tuple[Layer[Any, Any], ...]:
+    """``layers``, with each unnamed lambda's layer renamed for its place: ``"layer 2 (lambda)"``.
+
+    A lambda has no name of its own; its place in the pipeline (counted from 1) tells it apart in
+    the progress, the report and the error notes. Give ``name=`` to choose one.
+    """
+    named = []
+    for position, layer in enumerate(layers, 1):
+        if layer.name == LAMBDA and getattr(_unwrap(layer.fn), "__name__", None) == LAMBDA:
+            layer = layer._renamed(f"layer {position} (lambda)")
+        named.append(layer)
+    return tuple(named)
 
 
 class Layer(Generic[In, Out]):
@@ -117,7 +138,8 @@ class Layer(Generic[In, Out]):
             slow.
         ordered: outputs leave the layer in the order their inputs arrived (a bounded reorder
             buffer holds early finishers).
-        name: shown in progress, reports and error notes; defaults to ``fn``'s name.
+        name: shown in progress, reports and error notes; defaults to ``fn``'s name (a lambda's
+            layer is named for its place in the pipeline: ``"layer 2 (lambda)"``).
         args, kwargs: constructor arguments when ``fn`` is a class.
         options: backend-specific settings (for ``"ray"``: ``num_cpus``, ``num_gpus``, ...;
             for ``"process"``: ``start_method``, ``"auto"`` to fork a single-threaded parent
@@ -131,6 +153,11 @@ class Layer(Generic[In, Out]):
             cancelled; a thread, process or actor stuck on the item is abandoned or stopped and
             replaced by a fresh worker. A plain function on the ``"async"`` backend runs on the
             event loop and cannot be timed out.
+        limit: an :class:`~async_flow.Limit` (item starts per second, items at once) that this
+            layer shares with every other layer given the same object; retries count. The run
+            meters each batch before a worker gets it (a unit per batch, a token per item, the
+            unspent ones held back until the batch is back), on every backend.
+        rate: shorthand for ``limit=af.Limit(rate=rate)``: a limit of this layer's own.
 
     Example::
 
@@ -151,6 +178,7 @@ class Layer(Generic[In, Out]):
         "is_class",
         "kind",
         "kwargs",
+        "limit",
         "maxsize",
         "name",
         "on_error",
@@ -182,6 +210,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -198,6 +228,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -214,6 +246,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -230,6 +264,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -244,6 +280,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -258,6 +296,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -272,6 +312,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -286,6 +328,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -301,6 +345,8 @@ class Layer(Generic[In, Out]):
         options: Mapping[str, Any] | None = None,
         on_error: Policy | None = None,
         timeout: float | None = None,
+        limit: Limit | None = None,
+        rate: float | None = None,
     ) -> None:
         label = name or _describe(fn)
         if not callable(fn):
@@ -326,6 +372,18 @@ class Layer(Generic[In, Out]):
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
             raise ValueError(f"Layer {label!r}: timeout must be a number > 0, got {timeout!r}")
+        if limit is not None and rate is not None:
+            raise ValueError(
+                f"Layer {label!r}: give limit= or rate= (shorthand for limit=af.Limit(rate=...)),"
+                " not both"
+            )
+        if limit is not None and not isinstance(limit, Limit):
+            raise TypeError(f"Layer {label!r}: limit must be an af.Limit, got {limit!r}")
+        if rate is not None:
+            try:
+                limit = Limit(rate=rate)
+            except ValueError as exc:
+                raise ValueError(f"Layer {label!r}: {exc}") from None
         if backend is not None and backend not in BACKENDS:
             valid = ", ".join(repr(b) for b in BACKENDS)
             raise ValueError(f"Layer {label!r}: unknown backend {backend!r}; valid: {valid}")
@@ -361,6 +419,8 @@ class Layer(Generic[In, Out]):
         self.options: Mapping[str, Any] = dict(options or {})
         self.on_error: Policy = on_error if on_error is not None else Raise()
         self.timeout: float | None = float(timeout) if timeout is not None else None
+        #: The budget of starts this layer shares (metered by the run, in the parent).
+        self.limit: Limit | None = limit
         #: For helper layers that read their whole input channel at once (see ``_helpers``):
         #: an async generator function taking the channel and yielding lists of outputs.
         self.stream: Callable[[Any], AsyncIterator[list[Any]]] | None = None
@@ -370,11 +430,20 @@ class Layer(Generic[In, Out]):
         # in the parent: a dead-letter sink (an open file, a connection) need not pickle.
         state = {name: getattr(self, name) for name in self.__slots__}
         state["on_error"] = Raise()
+        state["limit"] = None  # metered by the parent alone
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+
+    def _renamed(self, name: str) -> Layer[In, Out]:
+        """A copy of this layer under another name (the error policy is kept, not reset)."""
+        copy: Layer[In, Out] = object.__new__(type(self))
+        for slot in self.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.name = name
+        return copy
 
     @classmethod
     def _from_stream(
@@ -391,6 +460,8 @@ class Layer(Generic[In, Out]):
 
     def __repr__(self) -> str:
         extra = ", ordered=True" if self.ordered else ""
+        if self.limit is not None:
+            extra += f", limit={self.limit!r}"
         workers = repr(self.autoscale) if self.autoscale is not None else str(self.workers)
         return (
             f"Layer({self.name!r}, workers={workers}, backend={self.backend!r},"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -15,25 +17,41 @@ from ._autoscale import Autoscaler, current_clock
 from ._channel import EndOfChannel, ReceiveChannel, SendChannel, open_channel
 from ._checkpoint import Checkpoint, Lineage
 from ._errors import Interrupted
-from ._layer import DEFAULT_MAXSIZE, Layer
+from ._layer import DEFAULT_MAXSIZE, Layer, named_by_position
 from ._progress import ProgressOption, resolve_progress
 from ._report import Report
 from ._runtime import CALLER_WINDOW, LayerRun
 from ._sampler import Sampler
-from ._signals import watch_signals
+from ._signals import install_exit_hook, watch_signals
 from ._source import Merge, SourceCounters, _check_source, feed, source_length
 from ._stats import LayerStats, SourceStats
 from ._taskgroup import Carried, TaskGroup, finish
+from ._tracebacks import hide_library_frames, shown_error, user_facing
 
 __all__ = ("Stream", "open_stream", "pipeline", "run")
 
 T = TypeVar("T")
+
+# --- BEGIN GENERATED chain (scripts/gen_overloads.py; do not edit) ---
+# The item types along a chain: the source gives _T0, layer k _Tk.
+_T0 = TypeVar("_T0")
+_T1 = TypeVar("_T1")
+_T2 = TypeVar("_T2")
+_T3 = TypeVar("_T3")
+_T4 = TypeVar("_T4")
+_T5 = TypeVar("_T5")
+_T6 = TypeVar("_T6")
+_T7 = TypeVar("_T7")
+_T8 = TypeVar("_T8")
+# --- END GENERATED chain ---
 
 Source = Iterable[Any] | AsyncIterable[Any] | Merge[Any]
 _L = Layer[Any, Any]
 
 #: Seconds a run drains after the first SIGINT/SIGTERM before it aborts.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: Seconds between two lines on stderr saying how a drain goes, when no progress view shows it.
+DRAIN_NOTICE_EVERY = 2.0
 #: The widest an ``open_stream`` channel without a ``maxsize`` grows while its reader keeps up.
 STREAM_ROOM = 16384
 
@@ -63,6 +81,7 @@ class _Run:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         _check(source, layers)
+        layers = named_by_position(layers)
         if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
             raise TypeError(f"total must be an int, got {total!r}")
         self.source = source
@@ -77,6 +96,8 @@ class _Run:
         self.autoscaler: Autoscaler | None = None
         self._clock = current_clock()  # where the run is declared, for tests' manual clocks
         self._source_ended: float | None = None
+        self._source_started: float | None = None
+        self._lineage: Lineage | None = None
         self.sampler = Sampler(
             self._read_counters,
             resolve_progress(progress),
@@ -89,6 +110,7 @@ class _Run:
         self._tg: TaskGroup | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._drain_notice: asyncio.TimerHandle | None = None
 
     async def execute(self, output: SendChannel[Any] | None) -> Report:
         """Run to the end; send the last layer's outputs to ``output`` (or drop them)."""
@@ -105,7 +127,8 @@ class _Run:
     async def _execute(self, output: SendChannel[Any] | None) -> Report:
         if self.checkpoint is None:
             return await self._execute_layers(output, None)
-        lineage = Lineage(self.checkpoint, self.layers)
+        lineage = self._lineage = Lineage(self.checkpoint, self.layers)
+        self.sampler.count_committed = lambda: lineage.skipped
         try:
             await lineage.open()
             return await self._execute_layers(output, lineage)
@@ -153,6 +176,7 @@ class _Run:
             async with TaskGroup() as tg:
                 self._tg = tg
                 chunk = layers[0].maxsize if layers else DEFAULT_MAXSIZE
+                self._source_started = perf_counter()  # the start-up ends here
                 if self.signum is None:
                     source_task = self._source_task = tg.start(
                         feed(self.source, feed_into, self.source_counters, chunk),
@@ -181,6 +205,8 @@ class _Run:
             self._tg = None
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
+            if self._drain_notice is not None:
+                self._drain_notice.cancel()
             self._ended = perf_counter()
             for lr in started:
                 await finish(lr.backend.aclose())
@@ -196,9 +222,41 @@ class _Run:
             self._abort()
             return
         self.signum = signum
+        self.sampler.interrupted = True
         if self._source_task is not None:
-            self.source_counters.request_stop(self._source_task.cancel)
-        self._abort_timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._abort)
+            self.source_counters.request_stop()
+        loop = asyncio.get_running_loop()
+        self._abort_timer = loop.call_later(self.drain_timeout, self._abort)
+        name = signal.Signals(signum).name
+        again = "Ctrl-C" if signum == signal.SIGINT else name
+        _say(
+            f"async_flow: {name}: draining {self.in_flight()} items in flight;"
+            f" {again} again to abort"
+        )
+        if self.sampler.view is None:  # nothing else shows how the drain goes
+            self._drain_notice = loop.call_later(DRAIN_NOTICE_EVERY, self._notice_drain)
+
+    def in_flight(self) -> int:
+        """Items inside the pipeline now: in its channels or held by workers (an estimate for
+        layers that emit more or fewer items than they take in)."""
+        held = 0
+        for lr in self.layer_runs:
+            s = lr.snapshot()
+            held += s.queued + max(0, s.received - s.emitted - s.failed - s.skipped)
+        return held
+
+    def _notice_drain(self) -> None:
+        self._drain_notice = None
+        if self._tg is None or self.aborted:
+            return
+        since = perf_counter() - self._started
+        collected = self.layer_runs[-1].snapshot().emitted if self.layer_runs else 0
+        _say(
+            f"async_flow: draining, {self.in_flight()} items in flight, {collected} collected"
+            f" ({since:.0f}s)"
+        )
+        loop = asyncio.get_running_loop()
+        self._drain_notice = loop.call_later(DRAIN_NOTICE_EVERY, self._notice_drain)
 
     def _abort(self) -> None:
         self.aborted = True
@@ -218,6 +276,9 @@ class _Run:
                 elapsed=end - self._started,
                 exhausted=self.source_counters.exhausted,
                 running_seconds=source_end - self._started,
+                startup_seconds=(self._source_started if self._source_started is not None else end)
+                - self._started,
+                already_committed=0 if self._lineage is None else self._lineage.skipped,
             ),
             elapsed=end - self._started,
             status=self.status,
@@ -236,6 +297,12 @@ class _Run:
         # The first layer's input, or (a stream without layers) the stream's own channel.
         send = self._first_send
         return 0.0 if send is None else send.blocked_seconds
+
+
+def _say(line: str) -> None:
+    """One line on stderr for the person at the terminal (never fails the run)."""
+    with contextlib.suppress(Exception):
+        print(line, file=sys.stderr, flush=True)
 
 
 async def _drain(channel: ReceiveChannel[Any]) -> None:
@@ -271,11 +338,195 @@ async def _run_handling_signals(
 def _outcome(run: _Run) -> Report:
     report = run.report()
     if run.signum is not None:
-        # Even if the run happened to complete meanwhile: the caller asked to stop.
+        # Even if the run happened to complete meanwhile: the caller asked to stop. Uncaught,
+        # it ends the program like the signal would (see install_exit_hook).
+        install_exit_hook()
         raise Interrupted(report, run.signum, drained=not run.aborted)
     return report
 
 
+# --- BEGIN GENERATED pipeline (scripts/gen_overloads.py; do not edit) ---
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    l8: Layer[_T7, _T8],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+@overload
+async def pipeline(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: _L,
+    l5: _L,
+    l6: _L,
+    l7: _L,
+    l8: _L,
+    l9: _L,
+    /,
+    *rest: _L,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+) -> Report: ...
+
+
+# --- END GENERATED pipeline ---
+
+
+@user_facing
 async def pipeline(
     source: Source,
     *layers: Layer[Any, Any],
@@ -304,13 +555,21 @@ async def pipeline(
     The previous signal handlers are restored when the call returns.
 
     ``progress`` shows how the run goes: ``None`` (default) draws a live table when stderr is a
-    terminal; ``True`` draws it, or logs a line per interval when stderr is not a terminal;
-    ``False`` shows nothing; a callable receives a :class:`ProgressSnapshot` every second and at
-    the end; a :class:`ProgressView` is used as it is. ``total`` is the number of source items,
-    for the "done of total" column and the ETA when the source has no ``len()``.
+    terminal; ``True`` draws it, or writes plain lines to stderr (through :mod:`logging` once the
+    program has configured it) when stderr is not a terminal; ``False`` shows nothing; a
+    callable receives a :class:`ProgressSnapshot` every second and at the end; a
+    :class:`ProgressView` is used as it is. ``total`` is the number of source items, for the
+    "done of total" column and the ETA when the source has no ``len()``.
 
     With a :class:`Checkpoint`, the run records each source item once its results are committed
     and skips the items an earlier run recorded (see :class:`Checkpoint`).
+
+    For type checkers each layer must take what the one before it gives (the source's items for
+    the first), for up to eight layers given one by one: ``mypy`` refuses
+    ``af.run(ints(), af.Layer(takes_str))``.
+
+    Without layers the source is drained: read to its end, its items counted and dropped (what
+    a source does costs the same as in the full pipeline, which makes it a way to time it).
 
     Example::
 
@@ -330,6 +589,198 @@ async def pipeline(
     return _outcome(run)
 
 
+# --- BEGIN GENERATED run (scripts/gen_overloads.py; do not edit) ---
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    l8: Layer[_T7, _T8],
+    /,
+    *,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+@overload
+def run(
+    source: Source,
+    l1: _L,
+    l2: _L,
+    l3: _L,
+    l4: _L,
+    l5: _L,
+    l6: _L,
+    l7: _L,
+    l8: _L,
+    l9: _L,
+    /,
+    *rest: _L,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    handle_signals: bool = True,
+    loop_factory: LoopFactory | None = None,
+) -> Report: ...
+
+
+# --- END GENERATED run ---
+
+
+@user_facing
 def run(
     source: Source,
     *layers: Layer[Any, Any],
@@ -343,9 +794,10 @@ def run(
     """Run a pipeline from synchronous code (``asyncio.Runner`` around :func:`pipeline`).
 
     Ctrl-C (SIGINT) or SIGTERM drains the run, a second one aborts it, and the call raises
-    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`); a command-line
-    program exits with its ``exit_code`` (130 for SIGINT). ``progress`` and ``total`` are as for
-    :func:`pipeline`.
+    :class:`~async_flow.Interrupted` with the report (see :func:`pipeline`). A program that does
+    not catch it prints the report and one line, and dies by the signal (exit status 130 for
+    SIGINT, 143 for SIGTERM), as Python programs do on Ctrl-C. ``progress`` and ``total`` are as
+    for :func:`pipeline`.
 
     ``loop_factory`` builds the event loop the run happens on (default: asyncio's own). Pass
     ``uvloop.new_event_loop`` to run on uvloop, whose timers wake closer to their deadline than
@@ -466,8 +918,13 @@ class Stream(Generic[T]):
                 item = await self.__anext__()
             except StopAsyncIteration:
                 return
+            except BaseException as error:
+                if shown_error(error):
+                    hide_library_frames(error)  # this generator's frame too
+                raise
             yield item
 
+    @user_facing
     async def __anext__(self) -> T:
         if self._buffer:
             return self._buffer.popleft()  # type: ignore[no-any-return]
@@ -497,6 +954,7 @@ class Stream(Generic[T]):
                 receive.narrow(self._maxsize)
         return await receive.receive_batch(receive.maxsize)
 
+    @user_facing
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -575,8 +1033,13 @@ class Stream(Generic[T]):
                 item = self.__next__()
             except StopIteration:
                 return
+            except BaseException as error:
+                if shown_error(error):
+                    hide_library_frames(error)  # this generator's frame too
+                raise
             yield item
 
+    @user_facing
     def __next__(self) -> T:
         if self._buffer:
             return self._buffer.popleft()  # type: ignore[no-any-return]
@@ -603,6 +1066,7 @@ class Stream(Generic[T]):
         if self._thread is not None:
             self._thread.join()
 
+    @user_facing
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -620,92 +1084,151 @@ class Stream(Generic[T]):
             raise error
 
 
-# The stream's item type: the last layer's ``Out`` (the source's items without layers), for up
-# to six layers; past that, or with ``*layers`` of unknown length, the items are ``Any``.
-@overload
-def open_stream(
-    source: Iterable[T] | AsyncIterable[T] | Merge[T],
-    *,
-    maxsize: int | None = None,
-    progress: ProgressOption = None,
-    total: int | None = None,
-    loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+# --- BEGIN GENERATED open_stream (scripts/gen_overloads.py; do not edit) ---
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T0]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T1]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: _L,
-    l3: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T2]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: _L,
-    l3: _L,
-    l4: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T3]: ...
 
 
 @overload
 def open_stream(
-    source: Source,
-    l1: _L,
-    l2: _L,
-    l3: _L,
-    l4: _L,
-    l5: Layer[Any, T],
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
     /,
     *,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
+) -> Stream[_T4]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T5]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T6]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T7]: ...
+
+
+@overload
+def open_stream(
+    source: Iterable[_T0] | AsyncIterable[_T0] | Merge[_T0],
+    l1: Layer[_T0, _T1],
+    l2: Layer[_T1, _T2],
+    l3: Layer[_T2, _T3],
+    l4: Layer[_T3, _T4],
+    l5: Layer[_T4, _T5],
+    l6: Layer[_T5, _T6],
+    l7: Layer[_T6, _T7],
+    l8: Layer[_T7, _T8],
+    /,
+    *,
+    maxsize: int | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
+    loop_factory: LoopFactory | None = None,
+) -> Stream[_T8]: ...
 
 
 @overload
@@ -716,25 +1239,20 @@ def open_stream(
     l3: _L,
     l4: _L,
     l5: _L,
-    l6: Layer[Any, T],
+    l6: _L,
+    l7: _L,
+    l8: _L,
+    l9: _L,
     /,
-    *,
-    maxsize: int | None = None,
-    progress: ProgressOption = None,
-    total: int | None = None,
-    loop_factory: LoopFactory | None = None,
-) -> Stream[T]: ...
-
-
-@overload
-def open_stream(
-    source: Source,
-    *layers: _L,
+    *rest: _L,
     maxsize: int | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
     loop_factory: LoopFactory | None = None,
 ) -> Stream[Any]: ...
+
+
+# --- END GENERATED open_stream ---
 
 
 def open_stream(
@@ -760,7 +1278,8 @@ def open_stream(
     ``loop_factory``.
 
     For type checkers the stream yields the last layer's ``Out`` (the source's items when there
-    are no layers), for up to six layers given one by one; beyond that the items are ``Any``.
+    are no layers), for up to eight layers given one by one, each of which must take what the
+    one before it gives (as for :func:`run`); beyond that the items are ``Any``.
 
     Example::
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._report import Report
 
-__all__ = ("plot_report", "worker_steps")
+__all__ = ("busy_percent", "plot_report", "worker_steps")
 
 #: Throughput is drawn as the average over this many equal spans of the run.
 BINS = 60
@@ -38,6 +38,29 @@ def worker_steps(report: Report, name: str, end: float) -> tuple[list[float], li
     return times, counts
 
 
+def busy_percent(report: Report, index: int) -> tuple[list[float], list[float]]:
+    """Layer ``index``'s busy workers as a share (%) of its workers, at each sample of the run.
+
+    A share, not a count, so that a 2-worker layer that is always busy stands at 100% next to a
+    32-worker layer that is half idle. An autoscaled layer is measured against the workers it
+    had at each moment. The first point (at 0 s) repeats the first sample.
+    """
+    timeline = report.timeline
+    if timeline is None or not timeline.times:
+        return [], []
+    busy = timeline.busy_workers(index)
+    steps = report.workers_over_time(timeline.layers[index])
+    percents = []
+    for t, workers in zip(timeline.times, busy, strict=True):
+        count = timeline.workers[index]
+        for when, n in steps:  # the count in effect at t
+            if when > t:
+                break
+            count = n
+        percents.append(100.0 * workers / count if count > 0 else 0.0)
+    return [0.0, *timeline.times], [percents[0], *percents]
+
+
 def _matplotlib() -> tuple[Any, Any]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -52,7 +75,8 @@ def _matplotlib() -> tuple[Any, Any]:
 def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | None = None) -> None:
     """Write three stacked panels to ``path`` (PNG): throughput, channel fill, busy workers.
 
-    An autoscaled layer's worker count is drawn as a dashed step line over its busy workers.
+    Busy workers are a share of each layer's workers (see :func:`busy_percent`); an autoscaled
+    layer's worker count is drawn as a dashed step line against a second axis, in workers.
     """
     timeline = report.timeline
     if timeline is None or not timeline.times:
@@ -62,6 +86,7 @@ def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | No
     fig = figure_cls(figsize=(10, 7.5), dpi=100, layout="constrained")
     canvas_cls(fig)
     throughput, fill, busy = fig.subplots(3, 1, sharex=True)
+    counts_axis: Any = None  # the autoscaled worker counts' axis, made when one is drawn
     times = [0.0, *timeline.times]
     # Throughput over about BINS equal spans: items move in batches, so the rate between two
     # neighbouring samples is spiky; the cumulative count makes each span's average exact.
@@ -74,13 +99,16 @@ def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | No
         rate = [(b - a) / span for a, b in itertools.pairwise(counts)]
         throughput.stairs(rate, edges, label=name, baseline=None)
         fill.plot(timeline.times, [100 * f for f in timeline.fill(i)], label=name)
-        workers = timeline.busy_workers(i)
+        busy_times, percents = busy_percent(report, i)
         (line,) = busy.step(
-            times, [workers[0], *workers], where="pre", label=f"{name} (of {timeline.workers[i]})"
+            busy_times, percents, where="pre", label=f"{name} (of {timeline.workers[i]})"
         )
         step_times, worker_counts = worker_steps(report, name, end)
         if step_times:
-            busy.step(
+            if counts_axis is None:
+                counts_axis = busy.twinx()
+                counts_axis.set_ylabel("workers (autoscaled)")
+            counts_axis.step(
                 step_times,
                 worker_counts,
                 where="post",
@@ -91,7 +119,11 @@ def plot_report(report: Report, path: str | os.PathLike[str], *, title: str | No
     throughput.set_ylabel("items/s taken in")
     fill.set_ylabel("input channel fill (%)")
     fill.set_ylim(0, 105)
-    busy.set_ylabel("busy workers (avg), workers")
+    busy.set_ylabel("busy workers (% of the layer's)")
+    busy.set_ylim(0, 105)
+    if counts_axis is not None:
+        counts_axis.set_ylim(bottom=0)
+        counts_axis.legend(loc="upper left", fontsize="small")
     busy.set_xlabel("seconds since start")
     for ax in (throughput, fill, busy):
         ax.grid(alpha=0.3)

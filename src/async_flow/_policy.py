@@ -241,15 +241,30 @@ def _exception_types(on: Any) -> tuple[type[BaseException], ...]:
     return types
 
 
+def retry_after(error: BaseException) -> float | None:
+    """The ``retry_after`` seconds an error carries (a finite number >= 0), or None."""
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not 0 <= value < float("inf"):
+        return None
+    return float(value)
+
+
 class Retry(Policy):
     """Run a failed item again, up to ``retries`` more times, with exponential backoff and jitter.
 
     Only errors that are instances of ``on`` are retried; any other error, and an item still
     failing after ``retries`` re-runs, goes to ``then`` (default: :class:`Raise`). The delay before
-    re-run ``k`` (1, 2, ...) is ``min(max_backoff, backoff * factor ** (k - 1))``, reduced by a
-    random share of up to ``jitter`` (0: none, 1: anywhere down to zero) so that workers failing
-    together do not retry in lockstep. The worker holding the item waits; the others go on. The
-    runtime counts every re-run in ``LayerStats.retried``.
+    re-run ``k`` (1, 2, ...) is drawn from ``min(max_backoff, backoff * factor ** (k - 1))``
+    reduced by a random share of up to ``jitter``: the default ``jitter=1`` is "full jitter", a
+    delay anywhere between zero and that bound, which spreads out workers that failed together
+    (an overloaded service sees their retries one by one, not in waves); ``jitter=0`` waits the
+    bound exactly. An error with a ``retry_after`` attribute (a number of seconds, as a service's
+    ``Retry-After`` says) is retried after exactly that long instead, neither jittered nor capped:
+    the service said when. The worker holding the item waits; the others go on. A re-run is a new
+    start for the layer's :class:`~async_flow.Limit`, if it has one. The runtime counts every
+    re-run in ``LayerStats.retried``.
 
     A crashed worker process or actor (:class:`~async_flow.WorkerCrashed`) and a timed-out item
     (:class:`~async_flow.ItemTimeout`) are errors like any other: add them to ``on`` to retry them.
@@ -260,6 +275,12 @@ class Retry(Policy):
         >>> policy = af.Retry(3, backoff=0.1, on=(OSError,), then=af.Skip())
         >>> [round(policy.decide(OSError(), n, 0.0).delay, 3) for n in (1, 2, 3)]
         [0.1, 0.2, 0.4]
+        >>> round(policy.decide(OSError(), 1, 0.75).delay, 3)  # full jitter: anywhere in [0, 0.1]
+        0.025
+        >>> late = OSError("429 Too Many Requests")
+        >>> late.retry_after = 2.5
+        >>> policy.decide(late, 1, 0.75).delay
+        2.5
         >>> policy.decide(OSError(), 4, 0.0).action, policy.decide(KeyError(), 1, 0.0).action
         (<Action.SKIP: 'skip'>, <Action.SKIP: 'skip'>)
     """
@@ -273,7 +294,7 @@ class Retry(Policy):
         backoff: float = 0.1,
         factor: float = 2.0,
         max_backoff: float = 30.0,
-        jitter: float = 0.5,
+        jitter: float = 1.0,
         on: type[Exception] | tuple[type[Exception], ...] = Exception,
         then: Policy | None = None,
     ) -> None:
@@ -304,7 +325,9 @@ class Retry(Policy):
     def decide(self, error: Exception, failures: int, rand: float) -> Decision:
         """Retry ``on`` errors while the item failed at most ``retries`` times, else ``then``."""
         if failures <= self.retries and isinstance(error, self.on):
-            return Decision(Action.RETRY, self.delay(failures, rand), self)
+            after = retry_after(error)
+            delay = after if after is not None else self.delay(failures, rand)
+            return Decision(Action.RETRY, delay, self)
         return self.then.decide(error, failures, rand)
 
     def __repr__(self) -> str:

@@ -2,9 +2,9 @@
 
 The run's sampler (see ``_sampler``) reads the layers' counters at an interval and hands a
 :class:`ProgressSnapshot` to a :class:`ProgressView`: a live table on a terminal
-(:class:`LiveProgress`, drawn with rich), one compact log line per interval
-(:class:`LogProgress`), or a function of the caller's (:class:`CallbackProgress`). Nothing here
-runs on the per-item path.
+(:class:`LiveProgress`, drawn with rich), one compact line per interval on stderr or through
+:mod:`logging` (:class:`LogProgress`), or a function of the caller's (:class:`CallbackProgress`).
+Nothing here runs on the per-item path.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class LayerProgress:
     below one that filters, fans out or batches it is estimated from the in/out ratio seen so
     far). ``rate`` is items per second over the last few seconds, ``queued``/``maxsize`` the fill
     of its input channel, ``busy_workers`` how many of its ``workers`` hold an item, ``eta`` the
-    seconds it needs for the rest at the current rate.
+    seconds it needs for the rest at the current rate. ``limit_seconds`` is the time its items
+    have waited on its :class:`~async_flow.Limit` so far, summed over its workers (``None``: the
+    layer has no limit).
 
     Example::
 
@@ -69,6 +71,7 @@ class LayerProgress:
     maxsize: int
     busy_workers: int
     eta: float | None
+    limit_seconds: float | None = None
 
     @property
     def fill(self) -> float:
@@ -84,9 +87,12 @@ class LayerProgress:
 class ProgressSnapshot:
     """Where a run stands: what a progress callback receives, as plain frozen data.
 
-    ``status`` is ``"running"`` until the last snapshot, which says how the run ended
-    (``"completed"``, ``"failed"`` or ``"cancelled"``). ``produced`` counts source items,
-    ``total`` is the source's length when known, ``eta`` the estimated seconds left.
+    ``status`` is ``"running"`` (``"draining"`` once a SIGINT or SIGTERM has stopped the source
+    and the items inside are being finished) until the last snapshot, which says how the run
+    ended (``"completed"``, ``"failed"``, ``"cancelled"`` or ``"interrupted"``). ``produced``
+    counts source items, ``total`` is the source's length when known, ``eta`` the estimated
+    seconds left. ``already_committed`` is the part of ``produced`` that a checkpoint skipped
+    because an earlier run had committed it (a layer's ``total`` leaves those out).
 
     Example::
 
@@ -106,6 +112,7 @@ class ProgressSnapshot:
     total: int | None
     eta: float | None
     layers: tuple[LayerProgress, ...]
+    already_committed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for JSON."""
@@ -116,6 +123,7 @@ class ProgressSnapshot:
             "total": self.total,
             "eta": self.eta,
             "layers": [layer.to_dict() for layer in self.layers],
+            "already_committed": self.already_committed,
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -147,17 +155,27 @@ def _done(layer: LayerProgress) -> str:
     return f"{layer.done:,}/{layer.total:,}" if layer.total is not None else f"{layer.done:,}"
 
 
+def _committed(snapshot: ProgressSnapshot) -> str:
+    return f"{snapshot.already_committed:,} source items already committed, skipped"
+
+
 def format_line(snapshot: ProgressSnapshot) -> str:
     """The snapshot as one compact log line (what :class:`LogProgress` writes)."""
     parts = []
     for layer in snapshot.layers:
         extra = f" err {layer.errors}" if layer.errors else ""
+        if layer.limit_seconds is not None:  # limit hook
+            extra += f" limit {duration(layer.limit_seconds)}"
         parts.append(
             f"{layer.name} {_done(layer)} {_rate(layer.rate)} q {layer.queued}/{layer.maxsize}"
             f" busy {layer.busy_workers}/{layer.workers}{extra}"
         )
     head = f"async_flow {snapshot.status} {duration(snapshot.elapsed)}"
+    if snapshot.already_committed:
+        head += f" | {_committed(snapshot)}"
     tail = f" | eta {duration(snapshot.eta)}" if snapshot.status == "running" else ""
+    if not parts:  # no layers: the source alone
+        parts.append(f"source {snapshot.produced:,}")
     return f"{head} | " + " | ".join(parts) + tail
 
 
@@ -178,11 +196,14 @@ def render(snapshot: ProgressSnapshot) -> RenderableType:
     table.add_column("queue", justify="right", no_wrap=True)
     table.add_column("busy", justify="right", no_wrap=True)
     table.add_column("eta", justify="right", no_wrap=True)
+    limited = any(layer.limit_seconds is not None for layer in snapshot.layers)
+    if limited:  # limit hook: time waited on the limit
+        table.add_column("limit", justify="right", no_wrap=True)
     for layer in snapshot.layers:
         bar: RenderableType = ""
         if layer.total:
             bar = ProgressBar(total=layer.total, completed=min(layer.done, layer.total), width=12)
-        table.add_row(
+        cells: list[RenderableType] = [
             layer.name,
             f"{layer.backend} x{layer.workers}",
             _done(layer),
@@ -192,10 +213,15 @@ def render(snapshot: ProgressSnapshot) -> RenderableType:
             f"{layer.queued}/{layer.maxsize}",
             f"{layer.busy_workers}/{layer.workers}",
             duration(layer.eta) if snapshot.status == "running" else "",
-        )
+        ]
+        if limited:
+            cells.append(duration(layer.limit_seconds) if layer.limit_seconds is not None else "")
+        table.add_row(*cells)
     source = f"{snapshot.produced:,}"
     if snapshot.total is not None:
         source += f"/{snapshot.total:,}"
+    if snapshot.already_committed:
+        source += f" ({_committed(snapshot)})"
     head = Text.assemble(
         ("async_flow ", "bold"),
         (snapshot.status, "green" if snapshot.status == "completed" else ""),
@@ -271,11 +297,23 @@ class CallbackProgress(ProgressView):
         self.fn(snapshot)
 
 
-class LogProgress(ProgressView):
-    """Writes one compact line per ``interval`` seconds through :mod:`logging`.
+def growing_interval(elapsed: float) -> float:
+    """Seconds until the next line of a run ``elapsed`` seconds old: a tenth of its age, from 1
+    to 10 s. A 3-second run gets a line a second; an hour-long one one every 10 s, so a log
+    stays readable however long the run."""
+    return min(10.0, max(1.0, elapsed / 10.0))
 
-    What ``progress=True`` uses when stderr is not a terminal (CI, log files, ``nohup``). Lines go
-    to the ``"async_flow.progress"`` logger at ``INFO`` unless told otherwise.
+
+class LogProgress(ProgressView):
+    """Writes one compact line per interval: to stderr, or through :mod:`logging` once the
+    program has configured it.
+
+    What ``progress=True`` uses when stderr is not a terminal (CI, log files, ``nohup``), as
+    tqdm does there. Each line goes to the ``"async_flow.progress"`` logger (or ``logger``) at
+    ``level`` when that logger has a handler on its way to the root (``logging.basicConfig()``,
+    a handler on ``"async_flow"``, ...), else straight to ``sys.stderr``. With a ``logger``
+    given, lines always go through it. Without an ``interval``, lines come every second at the
+    start, then less often as the run ages, up to one every 10 s (see :func:`growing_interval`).
 
     Example::
 
@@ -288,18 +326,28 @@ class LogProgress(ProgressView):
 
     def __init__(
         self,
-        interval: float = 5.0,
+        interval: float | None = None,
         *,
         logger: logging.Logger | None = None,
         level: int = logging.INFO,
     ) -> None:
-        super().__init__(interval)
+        super().__init__(1.0 if interval is None else interval)
+        self._grows = interval is None
+        self._always_log = logger is not None
         self.logger = logger if logger is not None else logging.getLogger(LOGGER_NAME)
         self.level = level
 
     def update(self, snapshot: ProgressSnapshot) -> None:
-        """Log ``snapshot`` as one line."""
-        self.logger.log(self.level, "%s", format_line(snapshot))
+        """Write ``snapshot`` as one line."""
+        line = format_line(snapshot)
+        if self._always_log or self.logger.hasHandlers():
+            self.logger.log(self.level, "%s", line)
+        else:
+            stream = sys.stderr  # looked up each time: the program may redirect it
+            if stream is not None:
+                print(line, file=stream, flush=True)
+        if self._grows:
+            self.interval = growing_interval(snapshot.elapsed)
 
 
 class LiveProgress(ProgressView):
@@ -360,8 +408,8 @@ def resolve_progress(progress: ProgressOption) -> ProgressView | None:
     """The view for a ``progress=`` argument.
 
     ``None`` (the default): a live table when stderr is a terminal, else nothing. ``True``: the
-    live table on a terminal, else log lines. ``False``: nothing. A callable: called with each
-    snapshot. A :class:`ProgressView`: used as it is.
+    live table on a terminal, else plain lines (:class:`LogProgress`). ``False``: nothing. A
+    callable: called with each snapshot. A :class:`ProgressView`: used as it is.
     """
     if isinstance(progress, ProgressView):
         return progress

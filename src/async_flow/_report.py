@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,30 @@ from ._stats import LayerStats, SourceStats
 from ._timeline import Timeline
 
 __all__ = ("Failure", "Report")
+
+
+def _legend(layers: tuple[LayerStats, ...]) -> str:
+    """What the three shares of the table mean, and why they may add up to more than 100%."""
+    legend = (
+        "busy/waiting/blocked: share of each layer's worker-time on items, waiting for input,"
+        " blocked on output"
+    )
+    over = [
+        s.name
+        for s in layers
+        # Rounded as the table shows them: a sum the reader sees pass 100%.
+        if round(100 * s.busy_fraction)
+        + round(100 * s.wait_fraction)
+        + round(100 * s.blocked_fraction)
+        > 100
+    ]
+    if over:
+        names = ", ".join(repr(n) for n in over)
+        legend += (
+            f"; they overlap for {names}: a worker with a second batch in flight (processes, Ray"
+            " actors) waits for input while the first one is worked on, so the sum passes 100%"
+        )
+    return legend
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,20 +154,44 @@ class Report:
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self) -> str:
-        head = ("layer", "backend", "in", "out", "failed", "busy", "waiting", "blocked")
-        rows = [
+        # Retries and dead letters get a column only in a run that had some.
+        columns: list[tuple[str, Callable[[LayerStats], int]]] = [
+            ("failed", lambda s: s.failed),
+            ("skipped", lambda s: s.skipped),
+        ]
+        if any(s.retried for s in self.layers):
+            columns.append(("retried", lambda s: s.retried))
+        if any(s.dead_letters for s in self.layers):
+            columns.append(("dead-lettered", lambda s: s.dead_letters))
+        head: tuple[str, ...] = (
+            "layer",
+            "backend",
+            "in",
+            "out",
+            *(name for name, _ in columns),
+            "busy",
+            "waiting",
+            "blocked",
+        )
+        rows: list[tuple[str, ...]] = [
             (
                 s.name,
                 f"{s.backend} x{s.workers}",
                 str(s.received),
                 str(s.emitted),
-                str(s.failed + s.skipped),
+                *(str(count(s)) for _, count in columns),
                 f"{s.busy_fraction:.0%}",
                 f"{s.wait_fraction:.0%}",
                 f"{s.blocked_fraction:.0%}",
             )
             for s in self.layers
         ]
+        if any(s.limited for s in self.layers):  # limit hook: time waited on the limit
+            head = (*head, "limited")
+            rows = [
+                (*r, f"{s.limit_fraction:.0%}" if s.limited else "-")
+                for r, s in zip(rows, self.layers, strict=True)
+            ]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
         def line(cells: tuple[str, ...]) -> str:
@@ -154,7 +203,12 @@ class Report:
             f"async_flow run {self.status} in {self.elapsed:.2f}s:"
             f" {self.source.produced} source items"
         )
-        out = [title, line(head), *(line(r) for r in rows)]
+        if committed := self.source.already_committed:
+            title += f" ({committed} already committed by an earlier run, skipped)"
+        if self.layers:
+            out = [title, line(head), *(line(r) for r in rows), _legend(self.layers)]
+        else:
+            out = [title, "no layers: the source was read to its end and its items dropped"]
         for name in dict.fromkeys(e.layer for e in self.scaling):
             steps = self.workers_over_time(name)
             counts = [n for _, n in steps]

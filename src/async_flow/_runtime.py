@@ -26,6 +26,7 @@ from ._channel import EndOfChannel, ReceiveChannel, SendChannel, _wait, _wake_al
 from ._errors import ItemTimeout, TooManyFailures, WorkerCrashed
 from ._keyed import Keyed
 from ._layer import Layer
+from ._limit import attach_limit
 from ._policy import Action, DeadLetter, Policy, _GiveUp
 from ._report import Failure
 from ._stats import LayerCounters, LayerStats
@@ -168,9 +169,13 @@ class LayerRun:
         self.outbox = outbox
         self.counters = LayerCounters(layer.workers)
         self.backend: Backend = get_backend(layer.backend)(layer)
+        # Limit hook (see _limit): the runtime meters each hand-off of a limited layer, which
+        # keeps one batch in flight per worker (a batch queued behind another starts unseen).
+        self._meter = attach_limit(layer, self.counters)
+        self._in_flight = 1 if self._meter is not None else self.backend.batches_in_flight
         self._sizer = _BatchSizer(self.backend.target_batch_seconds, self.backend.max_batch)
         self._room = 0 if layer.fixed_maxsize else self.backend.channel_room_per_worker
-        in_flight = self.backend.batches_in_flight
+        in_flight = self._in_flight
         self._spread = layer.workers * in_flight
         self._seq = 0
         self._reorder = _Reorderer(2 * layer.workers * in_flight) if layer.ordered else None
@@ -180,6 +185,8 @@ class LayerRun:
         self.lineage: Lineage | None = None
         #: Dead letters of this layer, in the order they failed (for the report).
         self.failures: list[Failure] = []
+        #: Set once the layer's error policy has raised TooManyFailures.
+        self._gave_up = False
         self._random = random.Random()
         self._slots: dict[int, _Slot] = {}
         # Worker count integrated over time, up to _counted_at (the last change).
@@ -221,6 +228,9 @@ class LayerRun:
             dead_letters=c.dead_letters,
             timeouts=c.timeouts,
             worker_seconds=self._worker_seconds + c.workers * (end - self._counted_at),
+            limited=self.layer.limit is not None,
+            rate_wait_seconds=c.rate_wait_seconds,
+            concurrency_wait_seconds=c.concurrency_wait_seconds,
         )
 
     # --- running --------------------------------------------------------------------------
@@ -306,7 +316,7 @@ class LayerRun:
         self._counted_at = now
 
     def _resize(self) -> None:
-        in_flight = self.backend.batches_in_flight
+        in_flight = self._in_flight
         live = self.counters.workers
         self._spread = live * in_flight
         if self._reorder is not None:
@@ -344,7 +354,7 @@ class LayerRun:
                 f" {self.layer.name!r} (#{self.index})"
             )
             raise
-        in_flight = self.backend.batches_in_flight
+        in_flight = self._in_flight
         if in_flight == 1:
             await self._work(slot)
         else:
@@ -371,13 +381,15 @@ class LayerRun:
             idle = slot.idle
             run_batch = self.backend.run_batch
             room = self._room
+            meter = self._meter
             seq = 0
             while True:
                 if slot.retiring:
                     return
                 idle.add(task)
+                size = sizer.size() if meter is None else meter.size(sizer.size())  # limit hook
                 try:
-                    items = await inbox.receive_batch(sizer.size(), self._spread)
+                    items = await inbox.receive_batch(size, self._spread)
                 except EndOfChannel:
                     self._input_ended = True
                     # Under a checkpoint the collector may still owe the ledger some keys.
@@ -398,6 +410,8 @@ class LayerRun:
                 n = len(items)
                 counters.received += n
                 extra = 0 if lineage is None else lineage.before(self.index, items)
+                if meter is not None and n:  # limit hook: wait for the batch's starts
+                    await meter.enter(n)
                 start = perf_counter()
                 if slot.in_flight == 0:
                     counters.busy_workers += 1
@@ -407,6 +421,9 @@ class LayerRun:
                         result = await run_batch(slot_id, items)
                     except WorkerCrashed as crashed:  # as in _run_batch, without its frame
                         result = BatchResult([], 0, crashed)
+                    finally:
+                        if meter is not None and n:  # limit hook: the batch is back
+                            meter.exit(n)
                     worked = result.seconds
                     outputs = result.outputs
                     if result.error is not None:
@@ -555,10 +572,17 @@ class LayerRun:
 
     async def _run_batch(self, slot: int, items: list[Any]) -> BatchResult:
         """``backend.run_batch``; a raised ``WorkerCrashed`` becomes the first item's error."""
+        meter = self._meter
+        n = len(items)
+        if meter is not None:  # limit hook: a retry is a start (its wait is not busy time)
+            await meter.enter(n, in_busy=True)
         try:
             return await self.backend.run_batch(slot, items)
         except WorkerCrashed as crashed:
             return BatchResult([], 0, crashed)
+        finally:
+            if meter is not None:
+                meter.exit(n)
 
     def _check_threshold(self, policy: Policy, given_up: int, error: Exception, item: Any) -> None:
         if not isinstance(policy, _GiveUp):
@@ -566,7 +590,13 @@ class LayerRun:
         # Measured against every item received so far, including those other workers hold: a
         # little lenient while batches are in flight, never alarmed by an early burst.
         reason = policy.exceeded(given_up, self.counters.received)
+        if reason is not None and self._gave_up:
+            # Another worker's failure already crossed the threshold and is stopping the run:
+            # one TooManyFailures says it, this worker just stops (its item counts as skipped or
+            # dead-lettered all the same).
+            raise asyncio.CancelledError
         if reason is not None:
+            self._gave_up = True
             raise TooManyFailures(
                 f"layer {self.layer.name!r} gave up: {reason}; last on item {short_repr(item)}:"
                 f" {type(error).__name__}: {error}"

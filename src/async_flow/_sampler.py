@@ -42,6 +42,11 @@ class Sampler:
         self._started = perf_counter()
         self._window: deque[tuple[float, tuple[int, ...]]] = deque()
         self._last: tuple[int, tuple[LayerStats, ...]] | None = None
+        #: Source items a checkpoint skipped as already committed (set by a run that has one).
+        self.count_committed: Callable[[], int] = _nothing
+        #: Set once a signal has stopped the source: snapshots say "draining", the last one
+        #: "interrupted".
+        self.interrupted = False
 
     def restart_clock(self) -> None:
         """Count time from now (the run has just started)."""
@@ -67,9 +72,9 @@ class Sampler:
                 if view is not None and t >= next_update:
                     view.update(snapshot)
                     next_update = t + view.interval
-            status = _outcome(work)
+            status = self._ended(_outcome(work))
         except asyncio.CancelledError:
-            status = _outcome(work, cancelled=True)
+            status = self._ended(_outcome(work, cancelled=True))
             raise
         except BaseException:
             status = "failed"
@@ -81,12 +86,17 @@ class Sampler:
             if opened and view is not None:
                 view.close(self._snapshot(t, produced, layers, status))
 
+    def _ended(self, status: str) -> str:
+        # A drained run completes and an aborted one is cancelled; both were interrupted.
+        return "interrupted" if self.interrupted and status != "failed" else status
+
     def sample(self) -> tuple[float, ProgressSnapshot]:
         """Read the counters now: record them, and return the progress snapshot."""
         t = perf_counter() - self._started
         produced, layers = self._read()
         self.recorder.tick(t, layers)
-        return t, self._snapshot(t, produced, layers, "running")
+        status = "draining" if self.interrupted else "running"
+        return t, self._snapshot(t, produced, layers, status)
 
     def timeline(self) -> Timeline:
         """The samples so far, with the counters as they are now as the last one."""
@@ -113,12 +123,14 @@ class Sampler:
     def _snapshot(
         self, t: float, produced: int, layers: tuple[LayerStats, ...], status: str
     ) -> ProgressSnapshot:
-        if status == "running":
+        if status in ("running", "draining"):
             rates = self._rates(t, layers)
         else:
             rates = [s.received / t if t > 0 else 0.0 for s in layers]
         rows = []
-        expected: float | None = self.total
+        committed = self.count_committed()
+        # Items an earlier run committed never reach the layers: they are not left to do.
+        expected: float | None = None if self.total is None else max(0, self.total - committed)
         etas: list[float] = []
         for s, rate in zip(layers, rates, strict=True):
             total = None if expected is None else max(s.received, round(expected))
@@ -143,6 +155,7 @@ class Sampler:
                     # A backend may keep several batches in flight per worker.
                     busy_workers=min(s.busy_workers, s.workers),
                     eta=eta,
+                    limit_seconds=s.limit_seconds if s.limited else None,
                 )
             )
             # What the next layer should expect: this layer's share of outputs per input so far.
@@ -158,7 +171,12 @@ class Sampler:
             total=self.total,
             eta=eta_all,
             layers=tuple(rows),
+            already_committed=committed,
         )
+
+
+def _nothing() -> int:
+    return 0
 
 
 def _outcome(work: Sequence[asyncio.Future[Any]], cancelled: bool = False) -> str:

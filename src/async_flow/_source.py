@@ -3,6 +3,11 @@
 A sync iterator (a generator above all) may block, so it is pulled in chunks on a dedicated thread:
 the event loop never runs user code that could block it. Collections (lists, tuples, ranges, ...)
 cannot block and are sliced on the loop directly. Async iterables are iterated on the loop.
+
+Stopping a source (the drain after Ctrl-C) never drops an item: whatever has left the user's
+iterator (an item the reading thread holds or has handed over, a chunk read from a list, an item
+of an async generator) is sent into the pipeline before the first channel closes. Only reads not
+yet made are given up.
 """
 
 from __future__ import annotations
@@ -73,9 +78,14 @@ def _check_source(source: Any) -> None:
     if isinstance(source, Merge):
         return
     if not isinstance(source, (Iterable, AsyncIterable)):
-        raise TypeError(
-            f"a source must be an iterable or an async iterable, got {type(source).__name__}"
-        )
+        message = f"a source must be an iterable or an async iterable, got {type(source).__name__}"
+        if callable(source) and not isinstance(source, type):
+            # The generator function itself instead of the generator it makes: the usual slip.
+            name = getattr(source, "__name__", "source")
+            if name == "<lambda>":
+                name = "source"
+            message += f": did you mean {name}()?"
+        raise TypeError(message)
 
 
 def source_length(source: Any) -> int | None:
@@ -91,43 +101,47 @@ def source_length(source: Any) -> int | None:
 class SourceCounters:
     """How many items the source produced, and the request to stop reading (runtime-internal)."""
 
-    __slots__ = ("exhausted", "produced", "sending", "stopping")
+    __slots__ = ("_stoppers", "exhausted", "produced", "stopping")
 
     def __init__(self) -> None:
         self.produced = 0
         self.exhausted = False
-        self.sending = 0  # feeds suspended in a send right now
         self.stopping = False
+        self._stoppers: list[Callable[[], object]] = []
 
-    def request_stop(self, cancel: Callable[[], object]) -> None:
-        """Stop reading the source, keeping every item already counted as produced.
+    def on_stop(self, stopper: Callable[[], object]) -> Callable[[], None]:
+        """Call ``stopper`` (a feed's way to stop waiting on its source) at :meth:`request_stop`;
+        returns the function that unregisters it."""
+        self._stoppers.append(stopper)
+        return lambda: self._stoppers.remove(stopper)
 
-        A feed suspended in a send finishes it (those items are in the pipeline) and then stops;
-        if none is, ``cancel`` (the feed task's) stops the feeds waiting on their sources now.
+    def request_stop(self) -> None:
+        """Stop reading the source, keeping every item that has left it.
+
+        Each feed stops waiting on its source, sends what it has read (those items are the
+        pipeline's now, whatever the drain takes) and closes its side of the first channel.
         """
         self.stopping = True
-        if self.sending == 0:
-            cancel()
+        for stopper in list(self._stoppers):
+            stopper()
 
 
 async def _send(out: SendChannel[Any], items: list[Any], counters: SourceCounters) -> bool:
     """Send ``items``, counting each as produced once the channel holds it; False once the source
-    is asked to stop (the items not yet in the channel are then left out)."""
-    counters.sending += 1
-    try:
-        pos, end = 0, len(items)
-        while pos < end:
-            if counters.stopping:
-                return False
-            # No more than fits now (at least one, which waits for room), so that a stop request
-            # never waits for a whole chunk that the pipeline has not taken yet.
-            stats = out.statistics()
-            piece = items[pos : pos + max(1, stats.maxsize - stats.buffered)]
-            await out.send_batch(piece)
-            counters.produced += len(piece)
-            pos += len(piece)
-    finally:
-        counters.sending -= 1
+    is asked to stop.
+
+    Every item is sent even then: it has left the user's iterator, so dropping it would lose it.
+    A drain keeps the pipeline moving, so the send ends; an abort cancels it.
+    """
+    pos, end = 0, len(items)
+    while pos < end:
+        # No more than fits now (at least one, which waits for room), so that ``produced`` counts
+        # each piece as soon as the channel holds it.
+        stats = out.statistics()
+        piece = items[pos : pos + max(1, stats.maxsize - stats.buffered)]
+        await out.send_batch(piece)
+        counters.produced += len(piece)
+        pos += len(piece)
     return not counters.stopping
 
 
@@ -137,6 +151,10 @@ class _Handoff:
     Each item is handed over as soon as the iterator yields it (a generator that blocks after an
     item must not hold that item back), and the thread waits while ``capacity`` items are
     waiting for the loop, so the source is back-pressured like any producer.
+
+    :meth:`stop` ends the reading without losing an item: the thread hands over the item it
+    holds (or the one its current ``next()`` returns) even past ``capacity``, then reads no
+    more; :meth:`take` keeps handing out items until the thread is done.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -157,10 +175,11 @@ class _Handoff:
                 with cond:
                     while len(items) >= capacity and not self._stopped:
                         cond.wait()
-                    if self._stopped:
-                        return
+                    # Handed over even once stopped: the item has left the iterator.
                     items.append(item)
                     self._wake_loop()
+                    if self._stopped:
+                        return
         except BaseException as exc:  # noqa: BLE001 - re-raised on the loop
             self._error = exc
         finally:
@@ -193,6 +212,7 @@ class _Handoff:
             await waiter
 
     def stop(self) -> None:
+        """Read no more (see the class docstring); callable from the loop or any thread."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
@@ -215,11 +235,13 @@ async def _feed_blocking(
     thread = WorkerThread("async_flow:source")
     handoff = _Handoff(chunk)
     pumping = thread.submit(handoff.pump, iterator)
+    # A stop request stops the thread; take() then hands out what it read, to the end.
+    forget = counters.on_stop(handoff.stop)
     try:
         while items := await handoff.take():
-            if not await _send(out, items, counters):
-                return
+            await _send(out, items, counters)
     finally:
+        forget()
         handoff.stop()
         # Runs the generator's own cleanup (its finally blocks) in the thread it ran in.
         thread.submit(_close_iterator, iterator)
@@ -232,7 +254,7 @@ async def _feed_collection(
     source: Iterable[Any], out: SendChannel[Any], counters: SourceCounters, chunk: int
 ) -> None:
     iterator = iter(source)
-    while True:
+    while not counters.stopping:
         # As much as the channel has room for (it may have been widened since the run began):
         # reading a collection ahead costs nothing, and one send per refill beats many.
         stats = out.statistics()
@@ -245,11 +267,39 @@ async def _feed_async(
     source: AsyncIterable[Any], out: SendChannel[Any], counters: SourceCounters
 ) -> None:
     iterator: AsyncIterator[Any] = aiter(source)
+    task = asyncio.current_task()
+    assert task is not None
+    reading = False  # awaiting the source (not a send): a stop request cancels that wait
+    interrupted = False
+
+    def stop() -> None:
+        nonlocal interrupted
+        if reading and not interrupted:
+            interrupted = True
+            task.cancel()
+
+    forget = counters.on_stop(stop)
     try:
-        async for item in iterator:
-            if not await _send(out, [item], counters):
+        while not counters.stopping:
+            reading = True
+            try:
+                # An item the source yields comes back within the step that resumes this task,
+                # so a cancellation lands in the source's own await, before it yields: no item is
+                # cancelled away after it left the source.
+                item = await anext(iterator)
+            except StopAsyncIteration:
                 return
+            except asyncio.CancelledError:
+                if interrupted and task.uncancel() == 0:
+                    return  # our own stop request, not the run's cancellation
+                raise
+            finally:
+                reading = False
+            if interrupted:  # the source swallowed the cancellation and yielded: keep the item
+                task.uncancel()
+            await _send(out, [item], counters)
     finally:
+        forget()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -19,9 +19,11 @@ class LayerCounters:
     __slots__ = (
         "busy_seconds",
         "busy_workers",
+        "concurrency_wait_seconds",
         "dead_letters",
         "emitted",
         "failed",
+        "rate_wait_seconds",
         "received",
         "restarts",
         "retried",
@@ -42,6 +44,9 @@ class LayerCounters:
         self.busy_seconds = 0.0
         self.busy_workers = 0
         self.workers = workers
+        # Time waited on the layer's af.Limit (see _limit), summed over its workers.
+        self.rate_wait_seconds = 0.0
+        self.concurrency_wait_seconds = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,10 @@ class LayerStats:
     end, ``received == emitted + skipped + failed``. ``dead_letters`` is the part of ``failed``
     recorded in the report; ``retried`` counts re-runs (not items); ``timeouts`` counts every
     attempt that ran out of time, retried or not.
+
+    A layer with an :class:`~async_flow.Limit` (``limited``) counts the time its items waited for
+    a token in ``rate_wait_seconds`` and for a concurrency unit in ``concurrency_wait_seconds``
+    (summed over its workers, not part of ``busy_seconds``).
 
     Example::
 
@@ -89,6 +98,21 @@ class LayerStats:
     #: Worker count integrated over time (it differs from ``workers * elapsed`` when the layer
     #: was autoscaled); 0 when unknown.
     worker_seconds: float = 0.0
+    #: The layer has an af.Limit; the two waits on it, summed over its workers.
+    limited: bool = False
+    rate_wait_seconds: float = 0.0
+    concurrency_wait_seconds: float = 0.0
+
+    @property
+    def limit_seconds(self) -> float:
+        """Worker-time spent waiting on the layer's limit (rate and concurrency)."""
+        return self.rate_wait_seconds + self.concurrency_wait_seconds
+
+    @property
+    def limit_fraction(self) -> float:
+        """Share of the layer's worker-time spent waiting on its limit (0..1)."""
+        capacity = self.capacity_seconds
+        return min(1.0, self.limit_seconds / capacity) if capacity > 0 else 0.0
 
     @property
     def capacity_seconds(self) -> float:
@@ -99,7 +123,7 @@ class LayerStats:
     def busy_fraction(self) -> float:
         """Share of the layer's worker-time spent working on items (0..1)."""
         capacity = self.capacity_seconds
-        return min(1.0, self.busy_seconds / capacity) if capacity > 0 else 0.0
+        return min(1.0, max(0.0, self.busy_seconds) / capacity) if capacity > 0 else 0.0
 
     @property
     def wait_fraction(self) -> float:
@@ -128,7 +152,11 @@ class SourceStats:
     """A frozen snapshot of the source: items produced and time blocked on the first channel.
 
     ``running_seconds`` is how long the source ran before it was exhausted or stopped (``None``:
-    as long as the run).
+    as long as the run), counted from the start of the run. ``startup_seconds`` is the part of
+    the run before the source was first read: the workers starting (processes, Ray actors) and
+    a checkpoint's ledger opening. ``already_committed`` counts the source items (part of
+    ``produced``) that a :class:`~async_flow.Checkpoint` skipped because an earlier run had
+    committed them: they never reach the layers.
 
     Example::
 
@@ -143,6 +171,8 @@ class SourceStats:
     elapsed: float
     exhausted: bool
     running_seconds: float | None = None
+    startup_seconds: float = 0.0
+    already_committed: int = 0
 
     @property
     def blocked_fraction(self) -> float:

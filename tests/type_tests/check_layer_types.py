@@ -187,3 +187,35 @@ async def check_async_stream(lines: list[str]) -> None:
     async with af.open_stream(lines, af.Layer(words, ordered=True)) as stream:
         async for word in stream:
             assert_type(word, str)
+
+
+# --- chains: each layer takes what the one before it gives ------------------------------------
+
+
+def check_chains(lines: list[str], keys: AsyncIterator[int]) -> None:
+    # Up to eight layers are typed one by one (tests/type_tests/fail_wrong_chain.py holds the
+    # chains that must be refused).
+    eight = af.open_stream(
+        lines,
+        af.Layer(parse),
+        af.Layer(pair),
+        af.flatten(),
+        af.Layer(scaled),
+        af.Layer(str),
+        af.Layer(words),
+        af.Layer(len),
+        af.Layer(evens),
+    )
+    assert_type(eight, af.Stream[int])
+    # A layer taking a wider type than it is given fits (its input is contravariant).
+    assert_type(af.run(keys, af.Layer(print)), af.Report)
+    assert_type(af.open_stream(lines, af.Layer(str), af.Layer(len)), af.Stream[int])
+    # Helpers and sinks fit anywhere their input does.
+    assert_type(af.run(lines, af.Layer(parse), af.batch(100), af.sinks.sqlite("x.db")), af.Report)
+    # Past eight layers the items are Any.
+    nine = af.open_stream(lines, *(af.Layer(str),) * 9)
+    assert_type(nine, af.Stream[Any])
+
+
+async def check_typed_pipeline(lines: list[str]) -> None:
+    assert_type(await af.pipeline(lines, af.Layer(parse), af.Layer(fetch)), af.Report)

@@ -9,10 +9,14 @@ that names what went wrong.
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import traceback
+import types
 from typing import Any
+
+from .._tracebacks import hide_library_frames
 
 __all__ = (
     "BAD_BATCH",
@@ -27,6 +31,7 @@ __all__ = (
     "FrameSocket",
     "RemoteError",
     "dump_error",
+    "dumps_with_filenames",
 )
 
 HEADER = struct.Struct("<QB")
@@ -50,13 +55,45 @@ def dump_error(exc: BaseException) -> RemoteError:
     """Package an exception raised in a worker for the trip to the parent."""
     import cloudpickle
 
-    text = "".join(traceback.format_exception(exc))
+    # The user's frames, not the worker loop's (unless ASYNC_FLOW_FULL_TRACEBACK is set).
+    text = "".join(traceback.format_exception(hide_library_frames(exc)))
     try:
         blob: bytes | None = cloudpickle.dumps(exc)
     except Exception:  # noqa: BLE001 - the parent gets the type, message and traceback instead
         blob = None
     kind = type(exc)
     return (blob, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+
+
+#: What cloudpickle writes as the file name of the code it ships by value.
+_DYNAMIC = "<dynamic-code>"
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    """Unpickling side of :func:`dumps_with_filenames`: the code object under its real file."""
+    return code.replace(co_filename=filename)
+
+
+def dumps_with_filenames(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)``, keeping the file names of the functions shipped by value.
+
+    cloudpickle replaces a function's file name with ``"<dynamic-code>"`` (for a deterministic
+    payload), so a traceback from a worker would point nowhere. The worker runs on this machine,
+    where the file is, so each code object travels with its real name and gets it back on
+    arrival: the worker's tracebacks show the user's file, line and source text.
+    """
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, value: Any) -> Any:
+            if isinstance(value, types.CodeType) and value.co_filename != _DYNAMIC:
+                # The stand-in comes back here with the marker and takes cloudpickle's path.
+                return _with_filename, (value.replace(co_filename=_DYNAMIC), value.co_filename)
+            return super().reducer_override(value)
+
+    buffer = io.BytesIO()
+    Pickler(buffer).dump(obj)
+    return buffer.getvalue()
 
 
 class FrameSocket:

@@ -5,7 +5,7 @@ thread, with one end of a socket pair, and talks to it in length-prefixed frames
 :mod:`._process_wire`). The worker builds the layer's callable once, then answers each batch with
 a :class:`~async_flow._calls.BatchResult`, until the parent asks it to close or goes away. It
 ignores SIGINT (the parent coordinates a Ctrl-C) and exits on its own within a fraction of a
-second if the parent dies, even in the middle of an item.
+second if the parent dies, even in the middle of an item, and silently (see :func:`run_worker`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,34 @@ __all__ = ("main",)
 
 #: How often the worker checks that its parent is still alive.
 _PARENT_POLL_SECONDS = 0.2
+#: ``prctl`` option: the signal this process gets when its parent thread dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this process the moment its parent dies (Linux only).
+
+    ``PR_SET_PDEATHSIG`` fires on the death of the parent *thread* that started the worker, not
+    of the parent process. The backend starts its workers from the thread of the run's event
+    loop, which outlives every worker of the run (the run closes or kills them all before it
+    ends), so the signal comes only when that loop's process dies (or the loop's thread with
+    it, which leaves nobody to talk to either).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit at once if the parent process dies (its pid is no longer our parent's)."""
+    """Exit at once if the parent process dies (its pid is no longer our parent's).
+
+    Where :func:`_die_with_parent` has no kernel help (not Linux), this is what notices, within
+    :data:`_PARENT_POLL_SECONDS`.
+    """
 
     def watch() -> None:
         while True:
@@ -171,15 +195,22 @@ def serve(conn: FrameSocket) -> None:
 
 
 def run_worker(sock: socket.socket, parent: int, *, exec_started: bool) -> NoReturn:
-    """Serve the parent on ``sock``, then exit this process."""
-    if os.getppid() != parent:
+    """Serve the parent on ``sock``, then exit this process.
+
+    A parent that dies (even by SIGKILL) takes its workers with it at once on Linux, and within
+    a fraction of a second elsewhere; a worker that finds the socket closed while it writes a
+    result exits quietly: with nobody left to report to, a traceback would only be noise on the
+    terminal the parent shared with it.
+    """
+    _die_with_parent()
+    if os.getppid() != parent:  # died before the line above: nothing would have signalled us
         os._exit(70)
     _watch_parent(parent)
     conn = FrameSocket(sock)
     try:
         serve(conn)
-    except EOFError:
-        pass  # the parent closed the socket: nothing left to do
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent closed the socket or went away: nothing left to do
     finally:
         sock.close()
     # Skip the slow part of interpreter shutdown (tearing down every module): the parent waits
