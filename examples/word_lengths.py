@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 
 import async_flow as af
 
@@ -66,7 +67,8 @@ def main(path: str = "words.db") -> af.Report:
         af.Layer(Save, args=(path,)),
     )
     print(report)
-    with sqlite3.connect(path) as db:
+    # A connection's own `with` ends a transaction but does not close it: closing() does.
+    with closing(sqlite3.connect(path)) as db:
         top = db.execute(
             "SELECT word, COUNT(*) FROM words GROUP BY word ORDER BY 2 DESC, 1 LIMIT 5"
         ).fetchall()

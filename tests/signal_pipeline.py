@@ -9,8 +9,8 @@ LOOP is ``asyncio`` (the default) or ``uvloop``: the event loop the run happens 
 
 Reads an endless generator, which appends each item it yields to OUTPUT.yielded, through a slow
 layer into a collector that appends each item to OUTPUT, prints "ready" once the first item is
-collected, and on interruption prints the report as JSON and exits with the signal's conventional
-status.
+collected, "source closed" once the run has closed the source (the first signal's drain began),
+and on interruption prints the report as JSON and exits with the signal's conventional status.
 """
 
 from __future__ import annotations
@@ -56,10 +56,14 @@ def main() -> None:
     with open(path, "w") as out, open(path + ".yielded", "w") as log:
 
         def numbers() -> Iterator[int]:
-            for i in itertools.count():
-                log.write(f"{i}\n")
-                log.flush()
-                yield i
+            try:
+                for i in itertools.count():
+                    log.write(f"{i}\n")
+                    log.flush()
+                    yield i
+            finally:
+                # The run closed the source: the first signal's drain began.
+                print("source closed", flush=True)
 
         announced = False
 

@@ -20,8 +20,8 @@ import async_flow as af
 from async_flow import _autoscale
 from async_flow._autoscale import (
     DOWN_AFTER,
+    GROWTH,
     INTERVAL,
-    MIN_ITEMS,
     UP_AFTER,
     Autoscaler,
     ManualClock,
@@ -369,42 +369,69 @@ def fail_on_77(x: int) -> int:
     return x
 
 
+def _task_names() -> set[str]:
+    return {t.get_name() for t in asyncio.all_tasks()}
+
+
 def test_an_error_in_an_autoscaled_layer_stops_the_controller_too(backend: str) -> None:
-    with pytest.raises(ValueError, match="77 is bad") as info:
-        af.run(range(200), af.Layer(fail_on_77, af.Auto(max=4), backend=backend, name="f"))
-    assert any("layer 'f'" in note for note in info.value.__notes__)
+    async def main() -> None:
+        seen: set[str] = set()
+
+        async def spy(x: int) -> int:
+            seen.update(_task_names())
+            return x
+
+        with pytest.raises(ValueError, match="77 is bad") as info:
+            await af.pipeline(
+                range(200),
+                af.Layer(spy),
+                af.Layer(fail_on_77, af.Auto(max=4), backend=backend, name="f"),
+            )
+        assert any("layer 'f'" in note for note in info.value.__notes__)
+        # The controller ran during the run, and ended with it (run_async also checks that no
+        # task at all is left).
+        assert "async_flow:autoscale" in seen
+        assert "async_flow:autoscale" not in _task_names()
+
+    run_async(main())
 
 
 def test_cancelling_a_run_stops_the_controller_and_the_added_workers() -> None:
     async def main() -> None:
         clock = ManualClock()
         never = asyncio.Event()
+        holding = 0
 
         async def held(x: int) -> int:
-            await never.wait()
+            nonlocal holding
+            holding += 1
+            try:
+                await never.wait()
+            finally:
+                holding -= 1
             return x
 
         with use_clock(clock):
             task = asyncio.ensure_future(
                 af.pipeline(range(100), af.Layer(held, af.Auto(max=8), maxsize=4, name="h"))
             )
-        await clock.wait_for_timers()
-        await look(clock, 1 + UP_AFTER)  # grows to 2 workers
+        await until(lambda: holding == 1, "the first worker holds an item")
+        # Looks until the controller grows the layer (its input is full, its worker busy): an
+        # async layer grows fourfold, and each added worker takes an item and holds it.
+        for _ in range(10 * UP_AFTER):
+            await look(clock)
+            if holding > 1:
+                break
+        await until(lambda: holding == GROWTH, f"{GROWTH} workers holding an item")
+        assert "async_flow:autoscale" in _task_names()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # Every worker, the added ones too, was cancelled out of its item; the controller ended.
+        assert holding == 0
+        assert "async_flow:autoscale" not in _task_names()
 
     run_async(main())
-
-
-_service = threading.Lock()
-
-
-def one_at_a_time(x: int) -> int:
-    """A service that serves one call at a time: more threads cannot make it faster."""
-    with _service:
-        time.sleep(0.05)
-    return x
 
 
 async def sleepy(x: int) -> int:
@@ -412,17 +439,102 @@ async def sleepy(x: int) -> int:
     return x
 
 
-async def measured_looks(clock: ManualClock, stream: Stream[Any], layer: str, looks: int) -> None:
-    """Looks, each after enough items went through for a steady throughput measurement."""
+# --- throughput verdicts, on the manual clock --------------------------------------------------
+#
+# The controller measures throughput on its clock. Here the work is paced by that clock too: a
+# ``Paced`` service completes a call only with a token, and the test hands out a look's worth of
+# tokens before each look (in rounds, each round as many tokens as the service serves at once), so
+# the throughput every look measures is set by the test, whatever the machine's speed.
+
+#: Rounds of calls a service serves between two looks (each round: one call per slot in use).
+ROUNDS = 30
+
+
+class Paced:
+    """A service that serves ``slots`` calls at a time (None: one per caller), at the pace the
+    test sets with tokens. Its calls work from worker threads and on the event loop."""
+
+    def __init__(self, slots: int | None) -> None:
+        self.slots = slots
+        self.tokens = 0
+        self.served = 0
+        self.opened = False
+        self._cond = threading.Condition()
+        self._acond: asyncio.Condition | None = None
+
+    def call(self, x: int) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self.tokens > 0 or self.opened)
+            self.tokens -= 1
+            self.served += 1
+        return x
+
+    async def acall(self, x: int) -> int:
+        if self._acond is None:
+            self._acond = asyncio.Condition()
+        async with self._acond:
+            await self._acond.wait_for(lambda: self.tokens > 0 or self.opened)
+            with self._cond:
+                self.tokens -= 1
+                self.served += 1
+        return x
+
+    def round(self, workers: int) -> int:
+        """The calls served in one round by ``workers`` workers."""
+        return workers if self.slots is None else min(self.slots, workers)
+
+    async def grant(self, n: int) -> None:
+        with self._cond:
+            self.tokens += n
+            self._cond.notify_all()
+        if self._acond is not None:
+            async with self._acond:
+                self._acond.notify_all()
+
+    def reset(self) -> None:
+        """Capacity not used by a look is lost, as time is."""
+        with self._cond:
+            self.tokens = max(0, self.tokens) if self.opened else 0
+
+    async def open(self) -> None:
+        """Serve every call at once from now on (so that the run can end)."""
+        self.opened = True
+        await self.grant(0)
+
+
+class Pace:
+    """One paced layer of a stream: its service, rounds per look, and when it cannot go on."""
+
+    def __init__(
+        self,
+        stream: Stream[Any],
+        layer: str,
+        service: Paced,
+        rounds: int = ROUNDS,
+        stuck: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.stream, self.layer, self.service, self.rounds = stream, layer, service, rounds
+        self.stuck = stuck
+
+    def workers(self) -> int:
+        s = stats(self.stream, self.layer)
+        return s.workers if s is not None else 1
+
+    def quiet(self) -> bool:
+        """This round's tokens are used, or the layer cannot use them (held up elsewhere)."""
+        return self.service.tokens == 0 or self.stuck()
+
+
+async def paced_looks(clock: ManualClock, looks: int, *paces: Pace) -> None:
+    """``looks`` looks, each after a look's worth of rounds of every paced service."""
     for _ in range(looks):
-        s = stats(stream, layer)
-        start = s.received if s is not None else 0
-
-        def enough(start: int = start) -> bool:
-            now = stats(stream, layer)
-            return now is not None and now.received >= start + MIN_ITEMS + 5
-
-        await until(enough, f"{MIN_ITEMS + 5} more items through {layer!r}", attempts=20_000)
+        for i in range(max(p.rounds for p in paces)):
+            for p in paces:
+                if i < p.rounds:
+                    await p.service.grant(p.service.round(p.workers()))
+            await until(lambda: all(p.quiet() for p in paces), "a round served")
+        for p in paces:
+            p.service.reset()
         await look(clock)
 
 
@@ -432,130 +544,125 @@ async def drain(stream: Stream[Any]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def pressed(layer: af.Layer[Any, Any], clock: ManualClock) -> AsyncIterator[Stream[Any]]:
-    """An endless run of ``layer`` on ``clock``, read as fast as it goes, its input full."""
+async def pressed(
+    clock: ManualClock, *layers: af.Layer[Any, Any], services: tuple[Paced, ...] = ()
+) -> AsyncIterator[Stream[Any]]:
+    """An endless run of ``layers`` on ``clock``, read as fast as it goes, the first layer's
+    input full. The paced ``services`` serve freely once the block is left, so that it ends."""
     with use_clock(clock):
-        stream = af.open_stream(range(10**9), layer)
+        stream = af.open_stream(range(10**9), *layers)
     async with stream:
         reader = asyncio.ensure_future(drain(stream))
         try:
-            name = layer.name
+            name = layers[0].name
             await until(lambda: (s := stats(stream, name)) is not None and s.queued >= 4, "full")
             yield stream
         finally:
+            for service in services:
+                await service.open()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fn", "backend", "kept"),
-    [(one_at_a_time, "thread", False), (sleepy, "async", True)],
-    ids=["serialised-threads", "sleeping-tasks"],
+    ("slots", "backend", "kept"),
+    [(1, "thread", False), (None, "async", True)],
+    ids=["one-call-at-a-time", "one-call-per-worker"],
 )
 def test_a_growth_that_does_not_raise_throughput_is_undone(
-    fn: Any, backend: str, kept: bool
+    slots: int | None, backend: str, kept: bool
 ) -> None:
     async def main() -> None:
         clock = ManualClock()
+        service = Paced(slots)
+        fn: Any = service.acall if backend == "async" else service.call
         layer = af.Layer(fn, af.Auto(max=2), backend=backend, maxsize=8, name="w")
-        async with pressed(layer, clock) as stream:
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+        async with pressed(clock, layer, services=(service,)) as stream:
+            pace = Pace(stream, "w", service)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             assert changes(stream, "w") == [2]
             # A look sat out, then the verdict after UP_AFTER measured looks.
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             if kept:
                 assert changes(stream, "w") == [2], stream.report.scaling
             else:
                 assert changes(stream, "w") == [2, 1], stream.report.scaling
                 assert "did not raise throughput" in stream.report.scaling[-1].reason
-                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+                await paced_looks(clock, 1 + UP_AFTER, pace)
                 assert changes(stream, "w") == [2, 1]  # no new growth for a while
 
     run_async(main())
 
 
-_two_slots = threading.BoundedSemaphore(2)
-
-
-def two_at_a_time(x: int) -> int:
-    """A service that serves two calls at a time: past two threads, more cannot help."""
-    with _two_slots:
-        time.sleep(0.02)
-    return x
-
-
-@pytest.mark.slow
 def test_a_growth_that_raised_throughput_by_less_than_its_size_is_trimmed() -> None:
     async def main() -> None:
         clock = ManualClock()
-        layer = af.Layer(two_at_a_time, af.Auto(max=4), backend="thread", maxsize=8, name="w")
-        async with pressed(layer, clock) as stream:
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+        service = Paced(2)  # past two workers, more cannot help
+        layer = af.Layer(service.call, af.Auto(max=4), backend="thread", maxsize=8, name="w")
+        async with pressed(clock, layer, services=(service,)) as stream:
+            pace = Pace(stream, "w", service)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             assert changes(stream, "w") == [4]
             # Four threads do the work of two: throughput doubled, which pays for at most three
             # (each kept worker must add half the throughput one worker had), not for four.
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             history = changes(stream, "w")
             assert len(history) == 2, stream.report.scaling
+            # Three when the measured gain is the full twofold, two when a batch taken just
+            # before a look makes it seem a shade less.
             assert history[1] in (2, 3), stream.report.scaling
             assert "did not raise throughput in proportion" in stream.report.scaling[-1].reason
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             assert changes(stream, "w") == history  # no new growth for a while
 
     run_async(main())
 
 
-def steady_below(x: int) -> int:
-    """A layer below serving ~120 items/s: faster than one ``sleepy`` worker, slower than two."""
-    time.sleep(0.008)
-    return x
-
-
-@pytest.mark.slow
 def test_a_growth_held_up_by_the_layer_below_is_kept() -> None:
     """Two workers would double the layer's throughput, but the layer below caps the gain at
     about a quarter: the growth met the demand (the limit is now below), so it stays."""
 
     async def main() -> None:
         clock = ManualClock()
-        with use_clock(clock):
-            stream = af.open_stream(
-                range(10**9),
-                af.Layer(sleepy, af.Auto(max=2), maxsize=8, name="w"),
-                af.Layer(steady_below, 1, maxsize=2, name="below"),
+        upper, lower = Paced(None), Paced(1)
+        # "below" serves a quarter more than one worker of "w", half of what two of them do.
+        below_rounds = ROUNDS * 5 // 4
+        w = af.Layer(upper.acall, af.Auto(max=2), maxsize=8, name="w")
+        below = af.Layer(lower.call, 1, backend="thread", maxsize=2, name="below")
+        async with pressed(clock, w, below, services=(upper, lower)) as stream:
+            below_input = stream._run.layer_runs[1].inbox
+            paces = (
+                # "w" cannot go on while a worker of it waits to hand "below" an output.
+                Pace(
+                    stream, "w", upper, stuck=lambda: below_input.statistics().waiting_senders > 0
+                ),
+                # "below" cannot go on with nothing to work on.
+                Pace(stream, "below", lower, below_rounds, stuck=lambda: not below_input),
             )
-        async with stream:
-            reader = asyncio.ensure_future(drain(stream))
-            try:
-                await until(lambda: (s := stats(stream, "w")) is not None and s.queued >= 4, "full")
-                await measured_looks(clock, stream, "w", 1 + UP_AFTER)
-                assert changes(stream, "w") == [2]
-                # A look sat out, then the verdict: throughput rose by far less than the
-                # growth promised, but only because "below" is now the bottleneck.
-                await measured_looks(clock, stream, "w", 2 + UP_AFTER)
-                assert changes(stream, "w") == [2], stream.report.scaling
-                assert stream.report.layer("w").workers == 2
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            await paced_looks(clock, 1 + UP_AFTER, *paces)
+            assert changes(stream, "w") == [2]
+            # A look sat out, then the verdict: throughput rose by far less than the growth
+            # promised, but only because "below" is now the bottleneck.
+            await paced_looks(clock, 2 + UP_AFTER, *paces)
+            assert changes(stream, "w") == [2], stream.report.scaling
+            assert stream.report.layer("w").workers == 2
 
     run_async(main())
 
 
-@pytest.mark.slow
 def test_a_growth_that_paid_grows_again_at_its_verdict_while_still_short() -> None:
     async def main() -> None:
         clock = ManualClock()
-        layer = af.Layer(sleepy, af.Auto(max=8), maxsize=8, name="w")
-        async with pressed(layer, clock) as stream:
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+        service = Paced(None)  # one call per worker at a time: throughput grows with workers
+        layer = af.Layer(service.acall, af.Auto(max=8), maxsize=8, name="w")
+        async with pressed(clock, layer, services=(service,)) as stream:
+            pace = Pace(stream, "w", service)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             assert changes(stream, "w") == [4]
             # The verdict comes after a look sat out and UP_AFTER measured looks; the layer was
             # short all along, so it grows again at the verdict, not UP_AFTER looks later.
-            await measured_looks(clock, stream, "w", 1 + UP_AFTER)
+            await paced_looks(clock, 1 + UP_AFTER, pace)
             assert changes(stream, "w") == [4, 8], stream.report.scaling
 
     run_async(main())

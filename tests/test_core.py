@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,18 +50,33 @@ def fail_on_7(x: int) -> int:
 
 
 class Scaler:
-    """A stateful worker: built once per worker, closed at the end."""
+    """A stateful worker: built once per worker, closed at the end.
 
-    def __init__(self, factor: int) -> None:
+    With ``log``, each instance appends ``open <token>`` and ``close <token>`` to that file, so
+    that a test sees the life of instances that live in other processes (process and Ray
+    workers) too; ``token`` is unique across processes.
+    """
+
+    def __init__(self, factor: int, log: str | None = None) -> None:
         self.factor = factor
         self.closed = False
+        self.log = log
+        self.token = uuid.uuid4().hex
+        self._write("open")
 
-    def __call__(self, x: int) -> tuple[int, int]:
+    def _write(self, word: str) -> None:
+        if self.log is not None:
+            with open(self.log, "a") as f:
+                f.write(f"{word} {self.token}\n")
+
+    def __call__(self, x: int) -> tuple[int, str]:
         assert not self.closed
-        return (x * self.factor, id(self))
+        return (x * self.factor, self.token)
 
     def close(self) -> None:
+        assert not self.closed, "closed twice"
         self.closed = True
+        self._write("close")
 
 
 class CountingCM:
@@ -153,10 +170,18 @@ def test_function_kinds(backend: str, fn: Any, expected: list[int]) -> None:
     assert sorted(got) == sorted(expected)
 
 
-def test_class_workers_build_one_instance_each_and_close(backend: str) -> None:
-    got = collect(range(200), af.Layer(Scaler, 3, backend=backend, args=(3,)))
+def test_class_workers_build_one_instance_each_and_close(backend: str, tmp_path: Path) -> None:
+    log = tmp_path / "instances.log"
+    got = collect(range(200), af.Layer(Scaler, 3, backend=backend, args=(3, str(log))))
     assert sorted(v for v, _ in got) == [3 * x for x in range(200)]
-    assert 1 <= len({ident for _, ident in got}) <= 3
+    lines = [line.split() for line in log.read_text().splitlines()]
+    opened = [token for word, token in lines if word == "open"]
+    closed = [token for word, token in lines if word == "close"]
+    # One instance per worker, each closed once by the end of the run; every output came from
+    # one of them.
+    assert len(opened) == len(set(opened)) == 3
+    assert sorted(closed) == sorted(opened)
+    assert {token for _, token in got} <= set(opened)
 
 
 def test_context_manager_workers_are_entered_and_exited() -> None:
@@ -287,8 +312,11 @@ def test_async_stream_yields_outputs_and_sets_report() -> None:
 def test_leaving_a_stream_early_cancels_the_run(backend: str) -> None:
     with af.open_stream(itertools.count(), af.Layer(double, 2, backend=backend)) as results:
         first = [next(results) for _ in range(5)]
-    assert len(first) == 5
+    # Five doubles of five distinct items, then the run stopped with the source still open.
+    assert len(set(first)) == 5
+    assert all(x % 2 == 0 and x >= 0 for x in first)
     assert results.report.status == "cancelled"
+    assert not results.report.source.exhausted
 
     async def main() -> af.Report:
         async with af.open_stream(itertools.count(), af.Layer(adouble, 2)) as results:

@@ -113,14 +113,47 @@ def test_the_command_line_runs_the_demo(tmp_path: Path) -> None:
         connection.close()
 
 
-def test_ray_without_its_backend_is_a_clear_error(tmp_path: Path) -> None:
-    from async_flow._demo import _available
+#: A ``sitecustomize`` that makes this interpreter behave as if Ray were not installed.
+NO_RAY = """
+import importlib.abc
+import sys
 
-    if _available("ray"):
-        pytest.skip("the Ray backend is installed here")
-    with pytest.raises(SystemExit, match="'ray' backend is not available"):
-        demo(["--ray", "--limit", "1", "--db", str(tmp_path / "x.db")])
-    assert not (tmp_path / "x.db").exists()
+
+class _NoRay(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoRay())
+"""
+
+
+def test_ray_without_its_backend_is_a_clear_error(tmp_path: Path) -> None:
+    # Run where Ray is installed or not: a child interpreter with Ray hidden.
+    hide = tmp_path / "no_ray"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(NO_RAY)
+    src = Path(__file__).parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), str(src)])}
+    hidden = subprocess.run(
+        [sys.executable, "-c", "import ray"], capture_output=True, text=True, env=env, timeout=50
+    )
+    assert "ModuleNotFoundError: No module named 'ray'" in hidden.stderr
+    db = tmp_path / "x.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "async_flow", "demo", "--ray", "--limit", "1", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "the 'ray' backend is not available here" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db.exists()
 
 
 def test_demo_on_worker_processes(tmp_path: Path) -> None:

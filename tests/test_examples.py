@@ -23,7 +23,7 @@ def test_word_lengths_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     finally:
         sys.path.remove(str(EXAMPLES))
     expected_words = sum(len(line.split()) for line in module["TEXT"].splitlines()) * 200
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         (rows,) = conn.execute("SELECT COUNT(*) FROM words").fetchone()
     assert rows == expected_words
     assert report.layers[0].emitted == expected_words

@@ -471,15 +471,25 @@ def test_the_diagnosis_names_a_concurrency_limit() -> None:
 
 @pytest.mark.slow
 def test_the_autoscaler_adds_no_workers_to_a_layer_its_limit_holds_back() -> None:
-    from tests.test_autoscale import changes, measured_looks, pressed
+    from tests.test_autoscale import changes, look, pressed, stats, until
 
     async def main() -> None:
         clock = ManualClock()
         layer = af.Layer(
             slow, af.Auto(max=8), maxsize=8, name="w", limit=af.Limit(rate=50, burst=1)
         )
-        async with pressed(layer, clock) as stream:
-            await measured_looks(clock, stream, "w", 2 + 2 * UP_AFTER)
+        async with pressed(clock, layer) as stream:
+            # Each look after a few items went through the limit (the time it held them back
+            # is what the look sees).
+            for _ in range(2 + 2 * UP_AFTER):
+                start = stats(stream, "w").received  # type: ignore[union-attr]
+
+                def through(start: int = start) -> bool:
+                    now = stats(stream, "w")
+                    return now is not None and now.received >= start + 5
+
+                await until(through, "5 more items through 'w'", attempts=20_000)
+                await look(clock)
             assert changes(stream, "w") == [], stream.report.scaling
             held = [e.reason for e in stream.report.scaling if e.reason.startswith("held")]
             assert held, stream.report.scaling

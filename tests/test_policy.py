@@ -140,20 +140,26 @@ def _injected(n: int, share: float, seed: int) -> frozenset[int]:
 @pytest.mark.parametrize("seed", [1])
 def test_skip_accounts_for_every_item(backend: str, seed: int) -> None:
     bad = _injected(300, 0.1, seed)
+    # Items that pass the first layer and fail in the second, after yielding their first output.
+    late = _injected(300, 0.1, seed + 100) - bad
+    assert late
     got, report = collect(
         range(300),
         af.Layer(functools.partial(fails_at, bad), 3, backend=backend, on_error=af.Skip()),
-        af.Layer(functools.partial(fan_out_fails_at, bad | {1000}), 2, on_error=af.Skip()),
+        af.Layer(functools.partial(fan_out_fails_at, late), 2, on_error=af.Skip()),
     )
     first, second = report.layers
     assert first.received == 300
     assert first.skipped == len(bad)
     assert first.received == first.emitted + first.failed + first.skipped
     assert first.failed == 0
-    # The generator layer yields two outputs per item that completes: fan-out 2.
+    # The generator layer yields two outputs per item that completes: fan-out 2. An item that
+    # fails half-way is skipped whole: the output it yielded before failing is not kept.
     assert second.received == 300 - len(bad)
-    assert second.emitted == 2 * (second.received - second.skipped - second.failed)
-    assert sorted(got) == sorted(y for x in range(300) if x not in bad for y in (x, -x))
+    assert (second.skipped, second.failed) == (len(late), 0)
+    assert second.emitted == 2 * (second.received - second.skipped)
+    kept = [x for x in range(300) if x not in bad | late]
+    assert sorted(got) == sorted(y for x in kept for y in (x, -x))
     assert report.status == "completed"
 
 

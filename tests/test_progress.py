@@ -157,12 +157,30 @@ def test_bad_progress_arguments_are_refused() -> None:
         af.run(range(3), af.Layer(_pass), total="3")  # type: ignore[arg-type]
 
 
-def test_default_progress_is_off_without_a_terminal() -> None:
-    # Under pytest stderr is captured, so it is not a terminal.
-    assert resolve_progress(None) is None
-    assert resolve_progress(False) is None
-    assert isinstance(resolve_progress(True), af.LogProgress)
-    assert isinstance(resolve_progress(print), af.CallbackProgress)
+def test_default_progress_is_off_without_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stderr is set here, not taken from the session: under ``pytest -s`` it is a terminal.
+    with open(tmp_path / "stderr.txt", "w") as log:
+        monkeypatch.setattr(sys, "stderr", log)
+        assert resolve_progress(None) is None
+        assert resolve_progress(False) is None
+        assert isinstance(resolve_progress(True), af.LogProgress)
+        assert isinstance(resolve_progress(print), af.CallbackProgress)
+
+
+def test_default_progress_is_the_live_table_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real terminal: the other end of a pseudo-terminal.
+    leader, follower = os.openpty()
+    try:
+        with open(follower, "w", closefd=False) as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            assert isinstance(resolve_progress(None), af.LiveProgress)
+            assert isinstance(resolve_progress(True), af.LiveProgress)
+            assert resolve_progress(False) is None
+    finally:
+        os.close(leader)
+        os.close(follower)
 
 
 # --- the terminal table ---------------------------------------------------------------------

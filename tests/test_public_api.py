@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 import async_flow as af
 
 
@@ -30,11 +34,16 @@ def test_every_public_name_has_a_docstring() -> None:
 def test_layer_stats_and_report_are_frozen() -> None:
     report = af.run(range(3), af.Layer(str))
     stats = report.layers[0]
-    try:
+    with pytest.raises(dataclasses.FrozenInstanceError):
         stats.received = 99  # type: ignore[misc]
-    except AttributeError:
-        pass
-    else:
-        raise AssertionError("LayerStats is mutable")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.status = "failed"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.source.produced = 99  # type: ignore[misc]
+    # Its collections are immutable too: a report cannot be changed through them.
+    assert isinstance(report.layers, tuple)
+    assert isinstance(report.scaling, tuple)
+    assert isinstance(report.failures, tuple)
+    assert (report.status, stats.received, report.source.produced) == ("completed", 3, 3)
     assert report.to_dict()["layers"][0]["received"] == 3
     assert "str" in str(report)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import async_flow as af
-from tests.conftest import wait_until, worst_in_flight
+from tests.conftest import live_ray_workers, worst_in_flight
 
 # The shared suite, collected again here: each runs with backend="ray".
 # Each Ray run starts fresh actor processes (seconds each on a small machine), so only the
@@ -43,8 +43,6 @@ ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
-WORKER_CLASS = "_RayWorker"
-
 
 @pytest.fixture
 def backend() -> str:
@@ -53,25 +51,8 @@ def backend() -> str:
 
 
 def _live_actors() -> list[Any]:
-    from ray.util.state import list_actors
-
-    # This session's Ray, by address: left to find one, the state API fails (or picks the
-    # newest) when another Ray runs on the machine.
-    address = ray.get_runtime_context().gcs_address
-    return [
-        a
-        for a in list_actors(
-            address=address, filters=[("class_name", "=", WORKER_CLASS)], limit=1000
-        )
-        if a.state != "DEAD"
-    ]
-
-
-@pytest.fixture(autouse=True)
-def no_actor_left() -> Iterator[None]:
-    """After each test, every actor the run created is dead (Ray's state API says so)."""
-    yield
-    assert wait_until(lambda: not _live_actors(), 20.0), f"actors left: {_live_actors()}"
+    # After each test conftest's leak check waits for these to be gone too.
+    return live_ray_workers()
 
 
 # --- functions the actors run --------------------------------------------------------------

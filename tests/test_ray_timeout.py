@@ -25,7 +25,7 @@ from tests.test_timeout import test_items_within_their_timeout_are_untouched  # 
 
 ray = pytest.importorskip("ray")
 
-from tests.test_ray import DriverRefuses, no_actor_left, unwrap  # noqa: E402, F401
+from tests.test_ray import DriverRefuses, unwrap  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 

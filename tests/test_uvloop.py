@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from tests.test_shutdown import (
     _finish,
     _gone,
     _start,
+    ctrl_c_twice,
     ctrl_c_without_signal_handling,
     program_handling_sigterm_on_its_loop,
     signal_at,
@@ -35,15 +35,17 @@ T = TypeVar("T")
 
 
 class LoopSeen:
-    """A collector that keeps each item and the type of the loop it was called on."""
+    """A layer (or collector) that keeps each item and the type of the loop it was called on,
+    and passes the item on."""
 
     def __init__(self) -> None:
         self.items: list[Any] = []
         self.loops: set[type] = set()
 
-    async def __call__(self, x: Any) -> None:
+    async def __call__(self, x: Any) -> Any:
         self.loops.add(type(asyncio.get_running_loop()))
         self.items.append(x)
+        return x
 
 
 def on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
@@ -86,31 +88,51 @@ def test_async_and_thread_layers_chained_many_short_awaits() -> None:
         await asyncio.sleep(0.001)
         return x
 
+    # The 50-worker layer is unordered: its outputs come in whatever order its timers fire (on
+    # uvloop, timers due in the same millisecond fire in no set order). One worker then numbers
+    # them as they arrive, and the ordered layers after it must keep that numbering.
+    arrival = itertools.count()
+
+    async def number(x: int) -> tuple[int, int]:
+        return next(arrival), x
+
+    def double_value(pair: tuple[int, int]) -> tuple[int, int]:
+        return pair[0], 2 * pair[1]
+
+    async def adouble_value(pair: tuple[int, int]) -> tuple[int, int]:
+        await asyncio.sleep(0)
+        return pair[0], 2 * pair[1]
+
     seen = LoopSeen()
     report = af.run(
         range(500),
         af.Layer(io, 50),
-        af.Layer(double, 4, backend="thread", ordered=True),
-        af.Layer(adouble, 8, ordered=True),
+        af.Layer(number, 1),
+        af.Layer(double_value, 4, backend="thread", ordered=True),
+        af.Layer(adouble_value, 8, ordered=True),
         af.Layer(seen),
         loop_factory=uvloop.new_event_loop,
     )
     assert seen.loops == {uvloop.Loop}
-    assert seen.items == [4 * x for x in range(500)]
+    assert [n for n, _ in seen.items] == list(range(500))  # the ordered layers kept the order
+    assert sorted(v for _, v in seen.items) == [4 * x for x in range(500)]  # every item, once
     assert report.source.exhausted
 
 
 def test_a_layer_error_is_reraised_as_itself_with_its_note(backend: str) -> None:
+    # The layer in front sees every item up to 7 at least, on the run's loop.
+    seen = LoopSeen()
     with pytest.raises(ValueError, match="seven is bad") as info:
         af.run(
             range(100),
+            af.Layer(seen),
             af.Layer(fail_on_7, 3, backend=backend, name="check"),
-            af.Layer(LoopSeen()),
             loop_factory=uvloop.new_event_loop,
         )
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "layer 'check'" in notes
     assert "on item 7" in notes
+    assert seen.loops == {uvloop.Loop}
 
 
 def test_a_worker_process_that_dies_is_replaced_and_its_items_retried(tmp_path: Path) -> None:
@@ -207,9 +229,7 @@ def test_a_program_on_uvloop_aborts_on_a_second_sigint(tmp_path: Path) -> None:
 
     proc, out = _start(tmp_path, 0.5, 60, "process", loop="uvloop")
     workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)  # a person pressing Ctrl-C twice; signals sent together may merge into one
-    proc.send_signal(signal.SIGINT)
+    ctrl_c_twice(proc)
     result = _finish(proc, 30)
     assert proc.returncode == 130
     assert result["loops"] == ["uvloop"]
@@ -238,20 +258,28 @@ def test_sync_stream_on_uvloop(backend: str) -> None:
 
 
 def test_leaving_a_sync_stream_on_uvloop_early_cancels_the_run() -> None:
+    seen = LoopSeen()
     with af.open_stream(
-        itertools.count(), af.Layer(double, 2), loop_factory=uvloop.new_event_loop
+        itertools.count(), af.Layer(double, 2), af.Layer(seen), loop_factory=uvloop.new_event_loop
     ) as results:
         first = [next(results) for _ in range(5)]
-    assert len(first) == 5
+    # Five doubles of five distinct items, then the run stopped with the source still open.
+    assert len(set(first)) == 5
+    assert all(x % 2 == 0 and x >= 0 for x in first)
+    assert seen.loops == {uvloop.Loop}
     assert results.report.status == "cancelled"
+    assert not results.report.source.exhausted
 
 
 def test_a_sync_stream_on_uvloop_reraises_a_layer_error() -> None:
+    seen = LoopSeen()
+    layers = (af.Layer(seen), af.Layer(fail_on_7))
     with (
         pytest.raises(ValueError, match="seven is bad"),
-        af.open_stream(range(20), af.Layer(fail_on_7), loop_factory=uvloop.new_event_loop) as r,
+        af.open_stream(range(20), *layers, loop_factory=uvloop.new_event_loop) as r,
     ):
         list(r)
+    assert seen.loops == {uvloop.Loop}
 
 
 def test_a_loop_factory_that_fails_fails_the_with() -> None:

@@ -24,8 +24,10 @@ first, and the total never exceeds the budget. Async and thread layers have no C
 their ``max``.
 
 The controller reads counters snapshots only (nothing on the per-item path) and wakes on a
-:class:`Clock`, so tests can drive it with a :class:`ManualClock`. Each decision is recorded as a
-:class:`ScalingEvent` with its reason, in :attr:`Report.scaling <async_flow.Report.scaling>`.
+:class:`Clock`, on which it also measures throughput (items per second of that clock), so tests
+can drive it with a :class:`ManualClock` and set the pace of a layer's work per look. Each
+decision is recorded as a :class:`ScalingEvent` with its reason, in
+:attr:`Report.scaling <async_flow.Report.scaling>`.
 """
 
 from __future__ import annotations
@@ -334,7 +336,9 @@ class _Look:
         "util",
     )
 
-    def __init__(self, prev: LayerStats, now: LayerStats, upstream_blocked: float) -> None:
+    def __init__(
+        self, prev: LayerStats, now: LayerStats, upstream_blocked: float, clock_seconds: float
+    ) -> None:
         workers = max(1, now.workers)
         dt = now.elapsed - prev.elapsed
         capacity = workers * dt
@@ -350,7 +354,9 @@ class _Look:
         # "Input stays full": the channel is at least half full, or its producer waited on it.
         self.pressed = self.fill >= 0.5 or self.upstream > 0.05
         self.items = now.received - prev.received
-        self.seconds = dt
+        # Throughput is items per second of the controller's clock (the clock its looks wait
+        # on); the shares are ratios of the layer's own times, so they need no clock.
+        self.seconds = clock_seconds
         # Limit hook (see _limit): the share of worker time spent waiting on the layer's limit.
         waited = now.limit_seconds - prev.limit_seconds
         self.limited = waited / capacity if capacity > 0 else 0.0
@@ -391,6 +397,7 @@ class _Managed:
         "judging",
         "last",
         "last_change",
+        "last_time",
         "last_upstream",
         "limit_noted",
         "low",
@@ -409,6 +416,7 @@ class _Managed:
         self.weight = weight
         self.last: LayerStats | None = None
         self.last_upstream = 0.0
+        self.last_time = 0.0  # the controller's clock at the last look
         self.short_for = 0
         self.starving_for = 0
         self.cooldown = 0
@@ -590,11 +598,12 @@ class Autoscaler:
             return None
         stats = run.snapshot()
         upstream = run.inbox.blocked_seconds
-        prev, prev_upstream = m.last, m.last_upstream
-        m.last, m.last_upstream = stats, upstream
+        now = self._clock.now()
+        prev, prev_upstream, prev_time = m.last, m.last_upstream, m.last_time
+        m.last, m.last_upstream, m.last_time = stats, upstream, now
         if prev is None:
             return None
-        return _Look(prev, stats, upstream - prev_upstream)
+        return _Look(prev, stats, upstream - prev_upstream, now - prev_time)
 
     def _high(self, m: _Managed) -> int:
         """The layer's max, lowered for a while after a growth that did not pay."""

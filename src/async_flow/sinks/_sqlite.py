@@ -355,9 +355,11 @@ def sqlite(
     Example::
 
         >>> import async_flow as af, sqlite3, tempfile, os
+        >>> from contextlib import closing
         >>> db = os.path.join(tempfile.mkdtemp(), "out.db")
         >>> _ = af.run(range(3), af.Layer(lambda i: {"id": i, "sq": i * i}), af.sinks.sqlite(db))
-        >>> sqlite3.connect(db).execute("SELECT id, sq FROM results ORDER BY id").fetchall()
+        >>> with closing(sqlite3.connect(db)) as conn:
+        ...     conn.execute("SELECT id, sq FROM results ORDER BY id").fetchall()
         [(0, 0), (1, 1), (2, 4)]
     """
     _validate(table, key, schema, commit_every, commit_seconds)  # bad declarations fail here
