@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import async_flow as af
-from tests.conftest import live_ray_workers, worst_in_flight
+from tests.conftest import RAY_WORKER_CLASS, live_ray_workers, worst_in_flight
 
 # The shared suite, collected again here: each runs with backend="ray".
 # Each Ray run starts fresh actor processes (seconds each on a small machine), so only the
@@ -386,7 +386,7 @@ def _worker_actors_restarts() -> dict[str, int]:
     found = {}
     for raw in accessor.get_actor_table(None, None):
         data = gcs_pb2.ActorTableData.FromString(raw)
-        if data.class_name == WORKER_CLASS:
+        if data.class_name == RAY_WORKER_CLASS:
             found[data.actor_id.hex()] = data.max_restarts
     return found
 
