@@ -370,8 +370,10 @@ def test_time_waited_on_the_limit_is_not_the_items_time(backend: str) -> None:
 # --- every backend, real clock ------------------------------------------------------------------
 
 #: Room for the hop from the parent's metering to the worker's start (a fresh process or actor
-#: makes its first call late), in seconds.
-HOP = {"async": 0.02, "thread": 0.05, "process": 0.25, "ray": 0.5}
+#: makes its first call late; on a loaded machine a stalled loop or thread starts several
+#: metered items together), in seconds. Unmetered, all 48 starts fall in one window, far above
+#: any of these bounds.
+HOP = {"async": 0.25, "thread": 0.25, "process": 0.25, "ray": 0.5}
 RATE, BURST, CONCURRENCY, ITEMS = 20.0, 4, 3, 24
 
 
