@@ -975,7 +975,9 @@ def test_under_budget_contention_the_layer_whose_producer_waits_most_goes_first(
                     return 0.0 if s is None else s.blocked_seconds
 
                 await until(held("early"), "early holding with a full input", 20_000)
-                await until(lambda: stats(stream, "early").emitted == passed, "early's output")
+                await until(
+                    lambda: stats(stream, "early").emitted == passed, "early's output", 20_000
+                )
                 await until(held("late"), "late holding with a full input", 20_000)
                 for _ in range(1 + UP_AFTER):
                     # Items through ``late``: its producer, blocked on its full input, wakes

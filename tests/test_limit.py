@@ -408,10 +408,11 @@ def check_shared_limit_on(backend: str) -> None:
     for window in (0.25, 1.0):
         assert worst_window(starts, window) <= BURST + RATE * (window + HOP[backend]), window
     assert max(starts) - min(starts) >= (2 * ITEMS - BURST) / RATE * 0.9
+    # How long the layers waited on the limit depends on how fast workers start (slow actors on
+    # a loaded machine leave the bucket full): the limit's wait is checked on a manual clock.
     first, second = report.layers[:2]
     assert first.limited
     assert second.limited
-    assert first.limit_seconds + second.limit_seconds > 0
 
 
 def test_a_shared_limit_holds_on_every_local_backend(backend: str) -> None:
